@@ -1,0 +1,133 @@
+"""Deformation field: HexPlane features -> MLP -> per-Gaussian deltas at time t.
+
+The field maps a canonical Gaussian centre and a time to additive offsets of the Gaussian's stored
+parameters (position, wxyz quaternion, log-scale and optionally opacity logit). Applying the offsets is the
+caller's job. The last layer of every head starts at zero, so a freshly built field is exactly the identity:
+training starts from the static (canonical) scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .hexplane import HexPlane, HexPlaneConfig
+
+
+@dataclass
+class DeformationConfig:
+    """Architecture of a :class:`DeformationField`."""
+
+    hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
+    """The feature grid queried at (normalised position, time)."""
+
+    hidden_dim: int = 64
+    """Width of the trunk and of the hidden layer of each head."""
+
+    trunk_layers: int = 1
+    """Number of Linear+ReLU layers shared by all heads (0: the heads read the grid features directly)."""
+
+    deform_opacity: bool = False
+    """Also predict an opacity-logit offset (otherwise ``Deformation.d_opacity_logits`` is ``None``)."""
+
+
+@dataclass
+class Deformation:
+    """Additive offsets for N Gaussians at one query (all in the stored, unconstrained parameterisation)."""
+
+    d_means: Tensor
+    """``[N, 3]`` world-space position offsets."""
+
+    d_quats: Tensor
+    """``[N, 4]`` offsets added to the wxyz quaternion (renormalise after adding)."""
+
+    d_log_scales: Tensor
+    """``[N, 3]`` offsets of the log standard deviations."""
+
+    d_opacity_logits: Tensor | None
+    """``[N]`` opacity-logit offsets, or ``None`` when the field does not deform opacity."""
+
+
+def _head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear+ReLU+Linear whose last layer is zero, so the head outputs exactly 0 until trained."""
+    last = nn.Linear(hidden_dim, out_dim)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), last)
+
+
+class DeformationField(nn.Module):
+    """HexPlane + MLP deformation field.
+
+    Positions are normalised to ``[-1, 1]`` by the axis-aligned box ``[aabb_min, aabb_max]`` (buffers, saved in
+    the state dict; set them with :meth:`set_bounds` to the canonical Gaussians' extent) and clamped to it, so
+    points outside the box get the deformation of the nearest box point. Times are clamped to ``[0, 1]``.
+    """
+
+    aabb_min: Tensor
+    aabb_max: Tensor
+
+    def __init__(self, config: DeformationConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else DeformationConfig()
+        if config.trunk_layers < 0:
+            raise ValueError(f"trunk_layers must be >= 0, got {config.trunk_layers}")
+        self.hexplane = HexPlane(config.hexplane)
+        layers: list[nn.Module] = []
+        in_dim = self.hexplane.output_dim
+        for _ in range(config.trunk_layers):
+            layers += [nn.Linear(in_dim, config.hidden_dim), nn.ReLU()]
+            in_dim = config.hidden_dim
+        self.trunk = nn.Sequential(*layers)
+        self.means_head = _head(in_dim, config.hidden_dim, 3)
+        self.quats_head = _head(in_dim, config.hidden_dim, 4)
+        self.scales_head = _head(in_dim, config.hidden_dim, 3)
+        self.opacity_head = _head(in_dim, config.hidden_dim, 1) if config.deform_opacity else None
+        self.register_buffer("aabb_min", -torch.ones(3))
+        self.register_buffer("aabb_max", torch.ones(3))
+
+    @torch.no_grad()
+    def set_bounds(self, aabb_min: Tensor | tuple[float, float, float], aabb_max: Tensor | tuple[float, float, float]) -> None:
+        """Set the normalisation box (``[3]`` each, world units, ``aabb_max > aabb_min`` on every axis)."""
+        lo = torch.as_tensor(aabb_min, dtype=self.aabb_min.dtype, device=self.aabb_min.device).reshape(3)
+        hi = torch.as_tensor(aabb_max, dtype=self.aabb_max.dtype, device=self.aabb_max.device).reshape(3)
+        if not bool((hi > lo).all()):
+            raise ValueError(f"aabb_max must exceed aabb_min on every axis, got {lo.tolist()} and {hi.tolist()}")
+        self.aabb_min.copy_(lo)
+        self.aabb_max.copy_(hi)
+
+    def normalize_means(self, means: Tensor) -> Tensor:
+        """World positions ``[N, 3]`` -> ``[-1, 1]^3`` by the box, clamped (also keeps huge inputs finite)."""
+        lo = self.aabb_min.to(means)
+        hi = self.aabb_max.to(means)
+        return ((means - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    def forward(self, means: Tensor, t: float | Tensor) -> Deformation:
+        """Offsets of Gaussians with canonical centres ``means [N, 3]`` at time ``t``.
+
+        t: a float, a 0-d tensor (one time for all) or a tensor of N times (``[N]`` or ``[N, 1]``), in ``[0, 1]``
+        (frame i of T has t = i / (T - 1); values outside are clamped).
+        """
+        if means.ndim != 2 or means.shape[-1] != 3:
+            raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
+        n = means.shape[0]
+        ref = self.aabb_min
+        dtype = self.hexplane.grids[0][0].dtype
+        means = means.to(device=ref.device, dtype=dtype)
+        tt = torch.as_tensor(t, device=ref.device, dtype=dtype)
+        if tt.numel() == 1:
+            tt = tt.reshape(1, 1).expand(n, 1)
+        elif tt.numel() == n:
+            tt = tt.reshape(n, 1)
+        else:
+            raise ValueError(f"t must be a scalar or hold one time per point ({n}), got shape {tuple(tt.shape)}")
+        xyzt = torch.cat([self.normalize_means(means), tt.clamp(0.0, 1.0)], dim=-1)
+        h = self.trunk(self.hexplane(xyzt))
+        return Deformation(
+            d_means=self.means_head(h),
+            d_quats=self.quats_head(h),
+            d_log_scales=self.scales_head(h),
+            d_opacity_logits=self.opacity_head(h).squeeze(-1) if self.opacity_head is not None else None,
+        )

@@ -1,0 +1,120 @@
+"""Exports of a fitted 4D scene: per-frame 3DGS PLY, per-frame meshes, one animated GLB, an orbit video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import track
+
+from ..cameras import frame_times, orbit_cameras
+from ..export.animated_glb import write_animated_glb
+from ..export.mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
+from ..export.ply import save_inria_ply
+from ..export.video import write_video
+from .common import to_uint8
+from .scene import Scene4D
+
+FORMATS = ("ply", "mesh", "glb", "mp4")
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how."""
+
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    """Any of: ply (per-frame 3DGS PLY), mesh (per-frame OBJ + GLB), glb (one animated GLB), mp4 (orbit video)."""
+    frames: int = 0
+    """Output frames (any count; times are interpolated). 0: the number of distinct training times."""
+    fps: float = 12.0
+    """Frames per second of the animated GLB and of the orbit video."""
+    mesh_resolution: int = 96
+    """Density grid points per axis for marching cubes."""
+    mesh_threshold: float = 0.5
+    """Density iso-level of the mesh surface."""
+    video_size: int = 256
+    """Orbit video width and height in pixels."""
+    video_frames: int = 48
+    """Frames of the orbit video (one full turn; time runs 0 -> 1 over the turn)."""
+    video_elevation: float = 20.0
+    """Orbit elevation in degrees."""
+    video_radius: float = 0.0
+    """Orbit radius; 0: the mean distance of the training cameras from the origin."""
+    video_fov_deg: float = 40.0
+    """Orbit horizontal field of view."""
+
+
+@torch.no_grad()
+def export_scene(
+    scene: Scene4D,
+    out_dir: Path,
+    config: ExportConfig,
+    background: tuple[float, float, float],
+    default_frames: int,
+    default_radius: float,
+    formats: list[str] | None = None,
+    quiet: bool = False,
+) -> dict[str, list[str]]:
+    """Write the requested exports under ``out_dir``; returns {format: [paths]}."""
+    formats = list(formats if formats is not None else config.formats)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        from .. import Gen4DError
+
+        raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    n_frames = config.frames or default_frames
+    times = frame_times(n_frames)
+    frames = [scene.frame_at(float(t)).detach() for t in times]
+    written: dict[str, list[str]] = {}
+    if "ply" in formats:
+        paths = []
+        for i, f in enumerate(track(frames, description="export ply", disable=quiet)):
+            p = out_dir / "ply" / f"frame_{i:04d}.ply"
+            save_inria_ply(p, f)
+            paths.append(str(p))
+        written["ply"] = paths
+    if "mesh" in formats:
+        paths = []
+        for i, f in enumerate(track(frames, description="export meshes", disable=quiet)):
+            mesh = extract_mesh(f, resolution=config.mesh_resolution, threshold=config.mesh_threshold)
+            for ext, save in (("obj", save_obj), ("glb", save_glb)):
+                p = out_dir / "mesh" / f"frame_{i:04d}.{ext}"
+                save(p, mesh)
+                paths.append(str(p))
+        written["mesh"] = paths
+    if "glb" in formats:
+        # One fixed-topology mesh (the first frame's), carried along by its nearest Gaussians.
+        base = extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold)
+        means = torch.stack([f.means for f in frames])
+        verts = skin_to_gaussians(torch.as_tensor(base.vertices), frames[0].means, means)
+        p = out_dir / "animated.glb"
+        write_animated_glb(p, np.asarray(verts), base.faces, base.colors, fps=config.fps)
+        written["glb"] = [str(p)]
+    if "mp4" in formats:
+        p = out_dir / "orbit.mp4"
+        write_video(p, render_orbit_video(scene, config, background, default_radius, quiet), fps=config.fps)
+        written["mp4"] = [str(p)]
+    return written
+
+
+@torch.no_grad()
+def render_orbit_video(
+    scene: Scene4D, config: ExportConfig, background: tuple[float, float, float], default_radius: float, quiet: bool = True
+) -> np.ndarray:
+    """``[F, S, S, 3]`` uint8: one turn around the object while time runs from 0 to 1."""
+    n = config.video_frames
+    az = torch.linspace(0.0, 360.0, n + 1)[:-1]
+    times = frame_times(n).float()
+    cams = orbit_cameras(
+        az, config.video_elevation, config.video_radius or default_radius, np.deg2rad(config.video_fov_deg),
+        config.video_size, config.video_size, times,
+    )
+    device = scene.gaussians.params["means"].device
+    bg = torch.tensor(background, dtype=torch.float32, device=device)
+    frames = []
+    for i in track(range(n), description="render orbit video", disable=quiet):
+        out = scene.render(cams[i].to(device), background=bg)
+        frames.append(to_uint8(out.rgb[0]))
+    return np.stack(frames)

@@ -1,0 +1,359 @@
+"""``reconstruct``: multi-view video (D-NeRF format) -> 4D Gaussians (canonical Gaussians + HexPlane field).
+
+Stages (4D Gaussian Splatting, Wu et al. 2024):
+  1. ``static``  - 3D Gaussians fitted to every training image, time ignored (a warm-up of the canonical space);
+  2. ``dynamic`` - a zero-initialised deformation field is attached (so the stage starts exactly at the static
+     result) and trained jointly with the Gaussians, each image rendered at its own time;
+then evaluation on the test split and the exports.
+Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0.2), plus plane total variation, time smoothness and time-plane L1 on the
+field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .. import Gen4DError
+from ..cameras import Cameras
+from ..data.dnerf import MultiViewVideo, read_dnerf_scene
+from ..eval.metrics import psnr, ssim
+from ..fields.deformation import DeformationConfig, DeformationField
+from ..gaussians.model import GaussianModel
+from ..gaussians.strategy import DensifyConfig, DensifyStrategy
+from ..runs import RunDir
+from .common import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers, photometric_loss, save_png
+from .exporting import ExportConfig, export_scene
+from .loop import Stage, run_stages
+from .scene import Scene4D
+
+
+@dataclass
+class ModelConfig:
+    """The Gaussians."""
+
+    sh_degree: int = 0
+    """Spherical-harmonics degree of colours (0: view-independent colour; up to 3)."""
+    init_points: int = 5000
+    """Gaussians at initialisation (uniform in a ball)."""
+    init_radius: float = 0.0
+    """Radius of the initial ball; 0: 0.3 x the mean camera distance from the origin."""
+    init_opacity: float = 0.1
+    """Initial opacity."""
+
+
+@dataclass
+class LossConfig:
+    """Loss weights."""
+
+    ssim_weight: float = 0.2
+    """Weight w of D-SSIM in (1 - w) L1 + w D-SSIM."""
+    plane_tv_weight: float = 2e-4
+    """Total variation of the spatial feature planes."""
+    time_smoothness_weight: float = 1e-3
+    """Second-order smoothness of the time planes along t."""
+    time_l1_weight: float = 1e-4
+    """Pull of the time planes towards 1 (no motion)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule."""
+
+    iterations: int = 20_000
+    """Total steps over both stages."""
+    static_fraction: float = 0.15
+    """Share of the steps spent in the static warm-up."""
+    batch_size: int = 2
+    """Images per step (drawn at one time when the data has several views per time)."""
+    densify_until: float = 0.6
+    """Densification stops at this fraction of the dynamic stage (and runs through the whole static stage)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (resume points)."""
+    preview_every: int = 500
+    """Steps between preview images (0: only at the end of a stage)."""
+
+
+@dataclass
+class ReconstructConfig:
+    """Everything ``gen4d reconstruct`` does; every field can be set as ``key=value`` on the command line."""
+
+    data: str = ""
+    """D-NeRF scene folder (transforms_{train,test}.json + images)."""
+    downscale: int = 1
+    """Integer image downscale factor."""
+    background: str = "white"
+    """Background the images are composited on and rendered over: white | black."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lr: LearningRates = field(default_factory=LearningRates)
+    loss: LossConfig = field(default_factory=LossConfig)
+    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(refine_start=500, refine_every=100, reset_opacity_every=3000, max_gaussians=200_000))
+    deformation: DeformationConfig = field(default_factory=DeformationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# Named presets: dotlist overrides of the defaults above.
+PRESETS: dict[str, list[str]] = {
+    "default": [],
+    # A CPU-friendly schedule: fewer steps, smaller field and point budget.
+    "fast": [
+        "train.iterations=3000", "train.checkpoint_every=250", "train.preview_every=500",
+        "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
+        "densify.max_gaussians=20000", "model.init_points=3000",
+        "deformation.hexplane.resolution=[32,32,32,16]", "deformation.hexplane.feature_dim=16",
+        "export.mesh_resolution=64",
+    ],
+    # `gen4d demo`: a small synthetic scene fitted on two CPU cores in about two minutes.
+    "demo": [
+        "train.iterations=1500", "train.static_fraction=0.2", "train.batch_size=2",
+        "train.checkpoint_every=250", "train.preview_every=250", "train.densify_until=0.5",
+        "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
+        "densify.max_gaussians=12000", "model.init_points=2000",
+        "lr.means=1.6e-3", "lr.means_final=1.6e-5",
+        "deformation.hexplane.resolution=[32,32,32,12]", "deformation.hexplane.feature_dim=16",
+        "deformation.hexplane.multires=[1,2]",
+        "export.mesh_resolution=64", "export.video_size=192", "export.video_frames=36",
+    ],
+}
+
+# The synthetic scene `gen4d demo` writes (arguments of data.synthetic.write_synthetic_scene).
+DEMO_SCENE = dict(resolution=64, train_views=12, train_times=10, test_views=8)
+
+
+def build_config(preset: str, overrides: list[str], base: dict | None = None) -> ReconstructConfig:
+    """Defaults <- preset <- ``base`` (e.g. CLI flags) <- ``key=value`` overrides; errors name the bad key."""
+    if preset not in PRESETS:
+        raise Gen4DError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    schema = OmegaConf.structured(ReconstructConfig)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), OmegaConf.create(base or {}), OmegaConf.from_dotlist(overrides))
+    except Exception as e:  # omegaconf raises several types; all mean a bad key or value
+        raise Gen4DError(f"bad configuration override: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_object(cfg)
+
+
+def config_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Gen4DError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+class TrainingData:
+    """Training images on the device, with a sampler that draws a batch of views sharing one time."""
+
+    def __init__(self, split: MultiViewVideo, device: torch.device):
+        self.images = split.images.to(device)
+        self.cameras = split.cameras.to(device)
+        times = split.times
+        self.groups = [torch.nonzero(times == t).squeeze(-1) for t in torch.unique(times)]
+        self.group_of = torch.empty(len(times), dtype=torch.long)
+        for g, idx in enumerate(self.groups):
+            self.group_of[idx] = g
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        first = int(torch.randint(len(self.images), (1,), generator=generator))
+        same_time = self.groups[int(self.group_of[first])]
+        others = same_time[same_time != first]
+        others = others[torch.randperm(len(others), generator=generator)][: batch_size - 1]
+        if len(others) < batch_size - 1:  # one view per time (monocular): fill with any images
+            extra = torch.randint(len(self.images), (batch_size - 1 - len(others),), generator=generator)
+            others = torch.cat([others, extra])
+        return torch.cat([torch.tensor([first]), others])
+
+
+def scene_extent(cameras: Cameras) -> float:
+    """1.1 x the largest distance of a camera from the cameras' mean centre (3DGS), at least the mean distance."""
+    centers = cameras.centers.double()
+    spread = (centers - centers.mean(0)).norm(dim=-1).max()
+    return float(1.1 * torch.maximum(spread, centers.norm(dim=-1).mean()))
+
+
+def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen4d reconstruct", quiet: bool = False, stop_after_step: int | None = None) -> dict:
+    """Fit, evaluate and export. Validates the data before touching ``out``; resumes a run in ``out``."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    splits = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=cfg.background)
+    train, test = splits["train"], splits["test"]
+    run = RunDir(out)
+    run.prepare(config_yaml(cfg), command)
+
+    data = TrainingData(train, device)
+    bg = torch.tensor(train.background, dtype=torch.float32, device=device)
+    extent = scene_extent(train.cameras)
+    cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
+    n_total = cfg.train.iterations
+    n_static = max(1, round(n_total * cfg.train.static_fraction))
+    n_dynamic = max(0, n_total - n_static)
+    lr = cfg.lr
+    preview_cam = test.cameras[0].to(device)
+    preview_gt = test.images[0].to(device)
+
+    def init_scene() -> Scene4D:
+        g = torch.Generator().manual_seed(cfg.seed)
+        radius = cfg.model.init_radius or 0.3 * cam_dist
+        model = GaussianModel.random_in_sphere(cfg.model.init_points, radius, cfg.model.sh_degree, g, cfg.model.init_opacity)
+        return Scene4D(model).to(device)
+
+    def load_scene(tensors) -> Scene4D:
+        return Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation).to(device)
+
+    def preview(scene: Scene4D, step: int, folder: Path) -> None:
+        with torch.no_grad():
+            img = scene.render(preview_cam, background=bg).rgb[0]
+        save_png(folder / f"step_{step:06d}.png", torch.cat([img, preview_gt], dim=1))
+
+    def losses(deform: bool):
+        def fn(scene: Scene4D, step: int, generator: torch.Generator):
+            idx = data.sample(cfg.train.batch_size, generator)
+            out = scene.render(_select(data.cameras, idx), background=bg, deform=deform)
+            terms = photometric_loss(out.rgb, data.images[idx], cfg.loss.ssim_weight)
+            if deform:
+                hp = scene.deformation.hexplane
+                if cfg.loss.plane_tv_weight:
+                    terms["plane_tv"] = cfg.loss.plane_tv_weight * hp.plane_tv()
+                if cfg.loss.time_smoothness_weight:
+                    terms["time_smooth"] = cfg.loss.time_smoothness_weight * hp.time_smoothness()
+                if cfg.loss.time_l1_weight:
+                    terms["time_l1"] = cfg.loss.time_l1_weight * hp.time_l1()
+            return terms, out.meta
+
+        return fn
+
+    def attach_field(scene: Scene4D) -> Scene4D:
+        field_ = DeformationField(cfg.deformation)
+        means = scene.gaussians.params["means"].detach()
+        lo, hi = means.min(0).values, means.max(0).values
+        pad = 0.1 * (hi - lo).clamp_min(1e-3)
+        field_.set_bounds(lo - pad, hi + pad)
+        scene.deformation = field_.to(device)
+        return scene
+
+    def gauss_lrs(total: int):
+        return lambda step: {"means": exp_decay(step, total, lr.means * extent, lr.means_final * extent)}
+
+    def dynamic_optimizers(scene: Scene4D):
+        opts = gaussian_optimizers(scene, lr, extent)
+        opts["deformation"] = deformation_optimizer(scene, lr, extent)
+        return opts
+
+    def dynamic_lrs(step: int) -> dict:
+        rates: dict = gauss_lrs(n_dynamic)(step)
+        rates["deformation"] = [  # per parameter group: feature planes, MLP
+            exp_decay(step, n_dynamic, lr.grid * extent, lr.grid_final * extent),
+            exp_decay(step, n_dynamic, lr.mlp * extent, lr.mlp_final * extent),
+        ]
+        return rates
+
+    static_densify = dataclasses.replace(cfg.densify, refine_stop=n_static)
+    dynamic_densify = dataclasses.replace(cfg.densify, refine_start=0, refine_stop=int(cfg.train.densify_until * n_dynamic))
+    stages = [
+        Stage(
+            name="static", iterations=n_static, seed=cfg.seed * 1000 + 1,
+            make_optimizers=lambda s: gaussian_optimizers(s, lr, extent),
+            learning_rates=gauss_lrs(n_static), losses=losses(deform=False),
+            strategy=DensifyStrategy(static_densify, extent), preview=preview,
+            checkpoint_every=cfg.train.checkpoint_every, preview_every=cfg.train.preview_every,
+        ),
+    ]
+    if n_dynamic > 0:
+        stages.append(
+            Stage(
+                name="dynamic", iterations=n_dynamic, seed=cfg.seed * 1000 + 2, prepare=attach_field,
+                make_optimizers=dynamic_optimizers, learning_rates=dynamic_lrs, losses=losses(deform=True),
+                strategy=DensifyStrategy(dynamic_densify, extent), preview=preview,
+                checkpoint_every=cfg.train.checkpoint_every, preview_every=cfg.train.preview_every,
+            )
+        )
+    scene, stats = run_stages(run, stages, init_scene, load_scene, quiet=quiet, stop_after_step=stop_after_step)
+    if stop_after_step is not None and any(not run.stage_complete(s.name) for s in stages):
+        return {}
+    train_seconds = sum(s["seconds"] for s in stats.values())
+
+    scene.eval()
+    metrics = evaluate(scene, test, bg, run.root / "eval" / "test", device)
+    metrics.update(
+        seconds=train_seconds,
+        wall_seconds=time.perf_counter() - t0,
+        num_gaussians=len(scene.gaussians),
+        iterations=n_static + n_dynamic,
+        stages=stats,
+        device=str(device),
+    )
+    run.write_metrics(metrics)
+    written = export_scene(
+        scene, run.exports, cfg.export, train.background, default_frames=len(data.groups), default_radius=cam_dist, quiet=quiet,
+    )
+    metrics["exports"] = written
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    run.write_metrics(metrics)
+    run.log(f"done: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, {metrics['num_gaussians']} Gaussians")
+    return metrics
+
+
+def _select(cameras: Cameras, idx: torch.Tensor) -> Cameras:
+    idx = idx.to(cameras.viewmats.device)
+    return Cameras(cameras.viewmats[idx], cameras.Ks[idx], cameras.width, cameras.height, cameras.times[idx])
+
+
+@torch.no_grad()
+def evaluate(scene: Scene4D, split: MultiViewVideo, bg: torch.Tensor, image_dir: Path, device: torch.device, chunk: int = 8) -> dict:
+    """Render every view of ``split`` at its time; PSNR / SSIM against the ground truth; PNGs to ``image_dir``."""
+    psnrs, ssims = [], []
+    render_seconds = 0.0
+    for start in range(0, len(split), chunk):
+        idx = torch.arange(start, min(start + chunk, len(split)))
+        cams = _select(split.cameras, idx).to(device)
+        t = time.perf_counter()
+        rgb = scene.render(cams, background=bg).rgb.clamp(0, 1)
+        render_seconds += time.perf_counter() - t
+        gt = split.images[idx].to(device)
+        psnrs.append(psnr(rgb, gt).cpu())
+        ssims.append(ssim(rgb, gt).cpu())
+        for j, i in enumerate(idx.tolist()):
+            save_png(image_dir / f"{split.names[i]}.png", rgb[j])
+    p, s = torch.cat(psnrs), torch.cat(ssims)
+    return {
+        "psnr": float(p.mean()),
+        "ssim": float(s.mean()),
+        "psnr_per_view": [round(float(v), 3) for v in p],
+        "render_fps": len(split) / max(render_seconds, 1e-9),
+        "eval_views": len(split),
+        "eval_resolution": [split.width, split.height],
+    }
+
+
+def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
+    """Export a finished run directory again (``gen4d export``)."""
+    run = RunDir(out)
+    if not run.config_path.exists():
+        raise Gen4DError(f"{out} is not a gen4d run directory (no config.yaml)")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReconstructConfig), OmegaConf.load(run.config_path)))
+    ckpt = None
+    for stage in ("dynamic", "static"):
+        ckpt = run.load_checkpoint(stage)
+        if ckpt is not None:
+            break
+    if ckpt is None or not ckpt[1].get("complete"):
+        raise Gen4DError(f"{out} has no finished stage to export yet; rerun its command to finish it first")
+    device = resolve_device(cfg.device)
+    scene = Scene4D.from_tensors({k[6:]: v for k, v in ckpt[0].items() if k.startswith("scene.")}, cfg.model.sh_degree, cfg.deformation).to(device)
+    train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=cfg.background)["train"]
+    n_times = len(torch.unique(train.times))
+    cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
+    return export_scene(scene, run.exports, cfg.export, train.background, n_times, cam_dist, formats=formats, quiet=quiet)

@@ -1,0 +1,130 @@
+"""Projection of 3D Gaussians to screen-space ellipses (EWA splatting), shared by the PyTorch backends.
+
+The rules follow gsplat's ``fully_fused_projection`` so that the CPU backend and gsplat agree:
+
+* camera-space mean ``p = R mu + t``; culled unless ``near < p_z < far``;
+* 3D covariance ``Sigma = R_q S S^T R_q^T`` (``S = diag(scales)``), camera covariance ``W Sigma W^T``;
+* local affine approximation of the pinhole map, ``J = [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]``,
+  evaluated at x/z, y/z clamped to 1.3x the field of view (keeps off-screen Gaussians from exploding);
+* ``cov2d = J W Sigma W^T J^T + eps2d I`` (a low-pass filter of ``eps2d`` px^2). In antialiased mode the
+  opacity is multiplied by ``sqrt(det(cov2d - eps2d I) / det(cov2d))`` (Mip-Splatting's compensation);
+* the pixel footprint is the axis-aligned box where ``opacity * exp(-1/2 d^T cov2d^-1 d)`` can still reach
+  ``ALPHA_THRESHOLD``: half-extent ``ceil(k sqrt(cov2d_ii))`` with ``k = sqrt(2 ln(opacity / threshold))``.
+  Outside that box every alpha is below the threshold, so the box loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..cameras import quat_to_rotmat
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+MAX_ALPHA = 0.999
+TRANSMITTANCE_MIN = 1e-4
+MAX_EXTENT_SIGMAS = 3.33
+
+
+@dataclass
+class Projected:
+    """Per camera and Gaussian screen-space quantities (C cameras, N Gaussians).
+
+    means2d: ``[C, N, 2]`` pixel coordinates of the projected centres.
+    conics: ``[C, N, 3]`` upper triangle (a, b, c) of the inverse 2D covariance.
+    depths: ``[C, N]`` camera-space z. opacities: ``[C, N]`` (with antialiasing compensation).
+    radii: ``[C, N, 2]`` integer half-extents of the footprint in x and y; zero where culled.
+    valid: ``[C, N]`` bool, Gaussians that touch the image.
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    opacities: Tensor
+    radii: Tensor
+    valid: Tensor
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """World-space covariances ``[..., 3, 3]`` from wxyz quaternions and standard deviations."""
+    M = quat_to_rotmat(quats) * scales[..., None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def project_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
+) -> Projected:
+    """Project ``[C, N, ...]`` (or shared ``[N, ...]``) Gaussians into C cameras; see the module docstring."""
+    C = viewmats.shape[0]
+    R = viewmats[:, None, :3, :3]  # [C, 1, 3, 3]
+    t = viewmats[:, None, :3, 3]  # [C, 1, 3]
+    p = (R @ means[..., None])[..., 0] + t  # [C, N, 3]
+    x, y, z = p.unbind(-1)
+    in_depth = (z > near_plane) & (z < far_plane)
+    # Culled Gaussians get a harmless depth so no inf/nan enters the graph (where() would pass nan gradients).
+    zs = torch.where(in_depth, z, torch.ones_like(z))
+
+    fx, fy = Ks[:, None, 0, 0], Ks[:, None, 1, 1]
+    cx, cy = Ks[:, None, 0, 2], Ks[:, None, 1, 2]
+    means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], dim=-1)
+
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_xp, lim_xn = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tx = zs * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / zs))
+    ty = zs * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / zs))
+    zero = torch.zeros_like(zs)
+    J = torch.stack(
+        [fx / zs, zero, -fx * tx / zs**2, zero, fy / zs, -fy * ty / zs**2], dim=-1
+    ).reshape(C, -1, 2, 3)
+
+    cov_world = covariance_3d(quats, scales)  # [C or 1, N, 3, 3]
+    cov_cam = R @ cov_world @ R.transpose(-1, -2)
+    cov2d = J @ cov_cam @ J.transpose(-1, -2)
+    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det_orig = a * c - b * b
+    a, c = a + eps2d, c + eps2d
+    det = a * c - b * b
+    if antialiased:
+        compensation = torch.sqrt(torch.clamp(det_orig / det, min=0.0))
+    else:
+        compensation = torch.ones_like(det)
+    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    opac = opacities.expand(C, -1) * compensation
+
+    with torch.no_grad():
+        visible = opac > ALPHA_THRESHOLD
+        extent = torch.sqrt(2.0 * torch.log(torch.clamp(opac / ALPHA_THRESHOLD, min=1.0))).clamp(max=MAX_EXTENT_SIGMAS)
+        rx = torch.ceil(extent * torch.sqrt(a))
+        ry = torch.ceil(extent * torch.sqrt(c))
+        mx, my = means2d[..., 0], means2d[..., 1]
+        on_screen = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        valid = in_depth & visible & (det > 0) & on_screen & (rx > 0) & (ry > 0)
+        radii = torch.stack([rx, ry], dim=-1).to(torch.int32) * valid[..., None]
+    return Projected(means2d, conics, zs, opac, radii, valid)
+
+
+def view_colors(colors: Tensor, means: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
+    """Per-camera RGB ``[C, N, D]``: SH evaluated towards each camera, or the given colours broadcast."""
+    from ..sh import eval_sh
+
+    C = viewmats.shape[0]
+    if sh_degree is None:
+        return colors.expand(C, *colors.shape[-2:]) if colors.dim() == 2 else colors
+    centers = -(viewmats[:, :3, :3].transpose(-1, -2) @ viewmats[:, :3, 3:])[..., 0]  # [C, 3]
+    dirs = means - centers[:, None, :]  # [C, N, 3]
+    coeffs = colors if colors.dim() == 4 else colors[None]
+    return eval_sh(sh_degree, coeffs, dirs)
