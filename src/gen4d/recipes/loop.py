@@ -163,7 +163,7 @@ def _loop(run, stage, scene, optimizers, generator, start, elapsed, preview_dir,
                 opt.zero_grad(set_to_none=True)
             done = step + 1
             now = time.perf_counter()
-            progress.update(task, completed=done, loss=float(total), n=len(scene.gaussians), rate=(done - start) / max(now - t_start, 1e-9))
+            progress.update(task, completed=done, loss=float(total.detach()), n=len(scene.gaussians), rate=(done - start) / max(now - t_start, 1e-9))
             if stage.preview is not None and stage.preview_every > 0 and done % stage.preview_every == 0:
                 stage.preview(scene, done, preview_dir)
             if done < stage.iterations and stage.checkpoint_every > 0 and done % stage.checkpoint_every == 0:

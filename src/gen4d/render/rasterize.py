@@ -1,8 +1,9 @@
 """``rasterize``: one differentiable Gaussian rasterizer, two backends with the same signature.
 
 * ``"gsplat"``: gsplat's CUDA kernels (CUDA tensors, ``pip install gen4d[cuda]``).
-* ``"torch"``: our packed-intersection PyTorch implementation (any device; the CPU path).
-* ``"auto"``: gsplat for CUDA tensors when it is installed, otherwise torch.
+* ``"numba"``: our CPU kernels compiled by numba (CPU tensors; the default on CPU).
+* ``"torch"``: our packed-intersection PyTorch implementation (any device; no compiled code at all).
+* ``"auto"``: gsplat for CUDA tensors when it is installed, torch on other GPUs, numba on the CPU.
 
 Both follow the same rules (see ``projection.py`` and ``cpu.py``), so results agree up to float rounding.
 """
@@ -18,7 +19,7 @@ from torch import Tensor
 from .cpu import rasterize_projected
 from .projection import project_gaussians, view_colors
 
-Backend = Literal["auto", "torch", "gsplat"]
+Backend = Literal["auto", "numba", "torch", "gsplat"]
 
 
 @dataclass
@@ -79,23 +80,31 @@ def rasterize(
     """
     C = viewmats.shape[0]
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and gsplat_available() else "torch"
+        if means.is_cuda:
+            backend = "gsplat" if gsplat_available() else "torch"
+        else:
+            backend = "numba" if means.device.type == "cpu" else "torch"
     if backend == "gsplat":
         rgb, alpha, acc_depth, meta = _rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             sh_degree, near_plane, far_plane, eps2d, antialiased,
         )
-    elif backend == "torch":
+    elif backend in ("torch", "numba"):
         batched = means.dim() == 3
         proj = project_gaussians(
             means if batched else means[None], quats, scales, opacities, viewmats, Ks, width, height,
             near_plane, far_plane, eps2d, antialiased,
         )
         rgb_in = view_colors(colors, means if batched else means[None], viewmats, sh_degree)
-        rgb, alpha, acc_depth = rasterize_projected(proj, rgb_in, width, height)
+        if backend == "numba":
+            from .numba_backend import rasterize_projected_numba
+
+            rgb, alpha, acc_depth = rasterize_projected_numba(proj, rgb_in, width, height)
+        else:
+            rgb, alpha, acc_depth = rasterize_projected(proj, rgb_in, width, height)
         meta = {"means2d": proj.means2d, "radii": proj.radii}
     else:
-        raise ValueError(f"unknown rasterizer backend {backend!r}; use 'auto', 'torch' or 'gsplat'")
+        raise ValueError(f"unknown rasterizer backend {backend!r}; use 'auto', 'numba', 'torch' or 'gsplat'")
     depth = acc_depth / alpha.clamp_min(1e-10)
     bg = _background(backgrounds, C, rgb.shape[-1], rgb)
     if bg is not None:
