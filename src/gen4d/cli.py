@@ -26,7 +26,7 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--models", default=None, help="model set for recipes with diffusion priors; this recipe uses none")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides, e.g. train.batch_size=4")
+    p.epilog = "Any other argument key=value overrides a configuration field, e.g. train.batch_size=4."
 
 
 def _base(args) -> dict:
@@ -42,16 +42,10 @@ def _base(args) -> dict:
     return base
 
 
-def _check_overrides(overrides: list[str]) -> None:
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise Gen4DError(f"unexpected argument {bad[0]!r}: overrides are key=value (e.g. train.batch_size=4)")
-
-
 def _print_summary(out: Path, metrics: dict) -> None:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long paths stay on one line, copy-pastable
     console.print(f"[bold green]done[/bold green]  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
                   f"{metrics['num_gaussians']} Gaussians  {metrics['iterations']} steps  {metrics['seconds']:.0f} s training")
     console.print(f"  run directory   {out}")
@@ -65,7 +59,6 @@ def _print_summary(out: Path, metrics: dict) -> None:
 def cmd_reconstruct(args) -> int:
     from .recipes.reconstruct import build_config, run_reconstruct
 
-    _check_overrides(args.overrides)
     base = _base(args)
     base["data"] = str(Path(args.data).resolve())
     cfg = build_config(args.preset, args.overrides, base)
@@ -78,7 +71,6 @@ def cmd_demo(args) -> int:
     from .data.synthetic import SCENES, write_synthetic_scene
     from .recipes.reconstruct import DEMO_SCENE, build_config, run_reconstruct
 
-    _check_overrides(args.overrides)
     if args.scene not in SCENES:
         raise Gen4DError(f"unknown scene {args.scene!r}; choose from {', '.join(SCENES)}")
     out = Path(args.out)
@@ -119,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="weight-free end-to-end job: synthetic 4D scene -> 4D Gaussians -> exports")
     _add_common(p, "demo")
     p.add_argument("--scene", default="jumping_jacks", help="synthetic scene: bouncing_balls | jumping_jacks | spinning_box")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, overrides_allowed=True)
 
     p = sub.add_parser("reconstruct", help="multi-view video in D-NeRF format -> 4D Gaussians")
     p.add_argument("data", help="D-NeRF scene folder (transforms_train.json, transforms_test.json, images)")
     _add_common(p, "default")
-    p.set_defaults(func=cmd_reconstruct)
+    p.set_defaults(func=cmd_reconstruct, overrides_allowed=True)
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
@@ -136,7 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come anywhere, so they are taken from what argparse does not recognise.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra and not hasattr(args, "overrides_allowed"):
+        parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return args.func(args)
     except Gen4DError as e:

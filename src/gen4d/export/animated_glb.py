@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import Gen4DError
 from .mesh import vertex_normals
-from .ply import atomic_path
+from ..files import atomic_path
 
 __all__ = ["AnimatedGLB", "write_animated_glb", "read_animated_glb"]
 

@@ -23,7 +23,7 @@ from .. import Gen4DError
 from ..cameras import quat_to_rotmat
 from ..gaussians.frame import GaussianFrame
 from ..sh import sh0_to_rgb
-from .ply import atomic_path
+from ..files import atomic_path
 
 __all__ = [
     "Mesh",

@@ -9,15 +9,11 @@ little-endian ``vertex`` element whose float32 properties are, in this order::
   wxyz quaternion as stored (viewers normalise it). Normals are unused and written as zeros.
 * ``f_rest`` is channel-major: ``f_rest_{c * (K - 1) + (k - 1)}`` is coefficient ``k >= 1`` of channel ``c``.
 
-The module also holds :func:`atomic_path`, the temp-file-and-rename helper the other exporters use.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,34 +22,15 @@ from plyfile import PlyData, PlyElement
 
 from .. import Gen4DError
 from ..gaussians.frame import GaussianFrame
+from ..files import atomic_path
 from ..sh import sh_degree_from_bases
 
-__all__ = ["atomic_path", "inria_property_names", "save_inria_ply", "load_inria_ply"]
+__all__ = ["inria_property_names", "save_inria_ply", "load_inria_ply"]
 
 # Opacities of exactly 0 or 1 have infinite logits; clamping keeps the file finite (sigmoid maps it back to the
 # same float32 value, so round trips of in-range data are unaffected).
 _OPACITY_EPS = 1e-10
 _SCALE_MIN = 1e-30
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it is removed.
-
-    The temporary name keeps the suffix of ``path`` so writers that pick a format from the extension still work.
-    Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def inria_property_names(num_sh_bases: int) -> list[str]:

@@ -15,7 +15,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from .. import Gen4DError
-from .ply import atomic_path
+from ..files import atomic_path
 
 __all__ = ["write_video", "write_gif", "read_video"]
 

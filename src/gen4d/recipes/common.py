@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..eval.metrics import ssim
+from ..files import atomic_path
 from .scene import Scene4D
 
 
@@ -92,7 +93,5 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 
 def save_png(path: Path, image: Tensor) -> None:
-    from ..runs import atomic_path
-
     with atomic_path(path) as tmp:
         Image.fromarray(to_uint8(image)).save(tmp, format="PNG")

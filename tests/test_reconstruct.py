@@ -1,0 +1,202 @@
+"""End-to-end reconstruction on a tiny synthetic scene: outputs, resume determinism, kill + rerun, bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from gen4d.cli import main
+from gen4d.data.dnerf import load_dnerf
+from gen4d.data.synthetic import write_synthetic_scene
+from gen4d.eval.metrics import psnr
+from gen4d.recipes.reconstruct import build_config, run_reconstruct
+
+TINY = [
+    "train.iterations=24", "train.static_fraction=0.25", "train.checkpoint_every=4", "train.preview_every=12",
+    "train.batch_size=2", "densify.refine_start=2", "densify.refine_every=3", "densify.max_gaussians=400",
+    "model.init_points=200", "deformation.hexplane.resolution=[8,8,8,4]", "deformation.hexplane.feature_dim=4",
+    "deformation.hidden_dim=16", "export.mesh_resolution=24", "export.video_size=32", "export.video_frames=4",
+    "export.frames=3", "export.mesh_threshold=0.05",
+]
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scene")
+    write_synthetic_scene("bouncing_balls", path, resolution=24, train_views=4, train_times=3, test_views=2, seed=0)
+    return path
+
+
+def tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def final_params(run: Path) -> dict:
+    tensors = load_file(str(run / "stages" / "dynamic" / "checkpoint.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith("scene.")}
+
+
+def test_cli_reconstruct_writes_metrics_eval_views_and_exports(scene_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "seconds", "num_gaussians", "iterations"):
+        assert key in metrics
+    assert metrics["iterations"] == 24
+    state = json.loads((out / "stages" / "dynamic" / "state.json").read_text())
+    assert metrics["num_gaussians"] == state["num_gaussians"]
+
+    # Every test view is written under its file_path basename; recomputing PSNR from the PNGs agrees.
+    test = load_dnerf(scene_dir, "test")
+    rendered = torch.stack([torch.from_numpy(np.array(Image.open(out / "eval" / "test" / f"{n}.png"))).float() / 255 for n in test.names])
+    assert rendered.shape == test.images.shape
+    assert abs(float(psnr(rendered, test.images).mean()) - metrics["psnr"]) < 0.3
+
+    exports = out / "exports"
+    assert len(list((exports / "ply").glob("*.ply"))) == 3
+    assert len(list((exports / "mesh").glob("*.obj"))) == 3
+    assert (exports / "animated.glb").stat().st_size > 0
+    from gen4d.export.video import read_video
+
+    assert read_video(exports / "orbit.mp4").shape[0] == 4
+    assert len(list((out / "stages" / "dynamic" / "preview").glob("*.png"))) >= 1
+    assert (out / "config.yaml").exists() and (out / "log.txt").exists()
+
+    # Rerunning the finished command changes no parameter; `gen4d export` re-exports one format.
+    before = final_params(out)
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY]) == 0
+    after = final_params(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (exports / "ply" / "frame_0000.ply").unlink()
+    assert main(["export", str(out), "--format", "ply", "--quiet"]) == 0
+    assert (exports / "ply" / "frame_0000.ply").exists()
+
+
+def test_resume_after_interruption_gives_identical_parameters(scene_dir, tmp_path):
+    cfg = build_config("default", TINY + ["export.formats=[ply]"], {"data": str(scene_dir)})
+    run_reconstruct(cfg, tmp_path / "straight", quiet=True)
+    # Interrupted inside the dynamic stage (step 10 = 6 static + 4 dynamic), then resumed by a rerun.
+    assert run_reconstruct(cfg, tmp_path / "resumed", quiet=True, stop_after_step=10) == {}
+    state = json.loads((tmp_path / "resumed" / "stages" / "dynamic" / "state.json").read_text())
+    assert state["step"] == 4 and not state["complete"]
+    run_reconstruct(cfg, tmp_path / "resumed", quiet=True)
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (tmp_path / "resumed" / "log.txt").read_text()
+    assert "resuming at step 4" in log
+
+
+def test_sigkill_mid_stage_then_rerun_finishes_with_the_same_result(scene_dir, tmp_path):
+    args = TINY + ["train.iterations=80", "train.checkpoint_every=2", "export.formats=[ply]"]
+    cmd = [sys.executable, "-m", "gen4d.cli", "reconstruct", str(scene_dir), "--quiet"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + ["--out", str(straight), *args], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "stages" / "dynamic" / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+
+    done = subprocess.run(cmd + ["--out", str(killed), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert np.isfinite(metrics["psnr"])
+    a, b = final_params(straight), final_params(killed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _write_frames(root: Path, frames_train, size=(8, 8), sizes=None):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train").mkdir(exist_ok=True)
+    for i, _ in enumerate(frames_train):
+        s = sizes[i] if sizes else size
+        Image.fromarray(np.zeros((s[1], s[0], 4), np.uint8)).save(root / "train" / f"r_{i:03d}.png")
+    doc = {"camera_angle_x": 0.7, "frames": frames_train}
+    (root / "transforms_train.json").write_text(json.dumps(doc))
+    (root / "transforms_test.json").write_text(json.dumps(doc))
+
+
+def _frame(i, time_=0.0):
+    f = {"file_path": f"./train/r_{i:03d}", "transform_matrix": np.eye(4).tolist()}
+    if time_ is not None:
+        f["time"] = time_
+    return f
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("missing", "does not exist|not found"),
+        ("malformed", "JSON|json"),
+        ("sizes", "size"),
+        ("no_time", "time"),
+        ("empty", "no frames|empty"),
+    ],
+)
+def test_bad_input_one_line_exit_2_and_existing_run_untouched(tmp_path, capsys, case, pattern, scene_dir):
+    data = tmp_path / "data"
+    if case == "malformed":
+        _write_frames(data, [_frame(0)])
+        (data / "transforms_train.json").write_text('{"camera_angle_x": 0.7, "frames": [')
+    elif case == "sizes":
+        _write_frames(data, [_frame(0), _frame(1, 1.0)], sizes=[(8, 8), (10, 8)])
+    elif case == "no_time":
+        _write_frames(data, [_frame(0), _frame(1, None)])
+    elif case == "empty":
+        _write_frames(data, [])
+    # An existing run directory with content: a bad command must leave every byte as it was.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("data: somewhere\n")
+    (out / "metrics.json").write_text('{"psnr": 30}\n')
+    before = tree_digest(out)
+    code = main(["reconstruct", str(data), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    import re
+
+    assert re.search(pattern, err), err
+    assert tree_digest(out) == before
+
+
+def test_changed_options_on_an_existing_run_are_refused(scene_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY, "export.formats=[ply]"]) == 0
+    before = tree_digest(out)
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY, "export.formats=[ply]", "loss.ssim_weight=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "ssim_weight" in err
+    assert tree_digest(out) == before
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--iters", "6", "--quiet", "export.frames=2", "export.mesh_resolution=24",
+                 "export.video_frames=3", "export.video_size=32", "export.mesh_threshold=0.05"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "metrics.json" in printed and "animated.glb" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and (out / "data" / "transforms_train.json").exists()
