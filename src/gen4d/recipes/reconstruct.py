@@ -115,12 +115,12 @@ PRESETS: dict[str, list[str]] = {
     ],
     # `gen4d demo`: a small synthetic scene fitted on two CPU cores in about two minutes.
     "demo": [
-        "train.iterations=1500", "train.static_fraction=0.2", "train.batch_size=4",
+        "train.iterations=1800", "train.static_fraction=0.2", "train.batch_size=4",
         "train.checkpoint_every=250", "train.preview_every=250", "train.densify_until=0.5",
         "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
-        "densify.max_gaussians=12000", "model.init_points=2000",
-        "lr.means=1.6e-3", "lr.means_final=1.6e-5",
-        "deformation.hexplane.resolution=[32,32,32,12]", "deformation.hexplane.feature_dim=16",
+        "densify.max_gaussians=4000", "model.init_points=2000",
+        "lr.means=1.6e-3", "lr.means_final=1.6e-5", "lr.grid=4e-3", "lr.mlp=4e-4",
+        "deformation.hexplane.resolution=[32,32,32,16]", "deformation.hexplane.feature_dim=16",
         "deformation.hexplane.multires=[1,2]",
         "export.mesh_resolution=64", "export.video_size=192", "export.video_frames=36",
     ],

@@ -34,6 +34,23 @@ def _sigma(means2d, conics, c, g, px, py):
     return 0.5 * (a * dx * dx + cc * dy * dy) + b * dx * dy, dx, dy
 
 
+@nb.njit(cache=True, inline="always")
+def _footprint(means2d, radii, c, g, width, height):
+    """Pixel index ranges (inclusive) whose centres lie inside the Gaussian's footprint box, clipped."""
+    x0 = max(0, int(math.ceil(means2d[c, g, 0] - radii[c, g, 0] - 0.5)))
+    x1 = min(width - 1, int(math.floor(means2d[c, g, 0] + radii[c, g, 0] - 0.5)))
+    y0 = max(0, int(math.ceil(means2d[c, g, 1] - radii[c, g, 1] - 0.5)))
+    y1 = min(height - 1, int(math.floor(means2d[c, g, 1] + radii[c, g, 1] - 0.5)))
+    return x0, x1, y0, y1
+
+
+@nb.njit(cache=True, inline="always")
+def _hits(means2d, conics, opacities, c, g, px, py):
+    """Whether the Gaussian's alpha at the pixel reaches the 1/255 cut-off (the same test compositing applies)."""
+    sigma, dx, dy = _sigma(means2d, conics, c, g, px, py)
+    return sigma >= 0 and opacities[c, g] * math.exp(-sigma) >= ALPHA_THRESHOLD
+
+
 @nb.njit(cache=True, parallel=True)
 def bin_pairs(means2d, conics, opacities, radii, order, n_valid, width, height):
     """order: ``[C, N]`` Gaussian ids per camera sorted front to back, the first ``n_valid[c]`` visible."""
@@ -43,14 +60,10 @@ def bin_pairs(means2d, conics, opacities, radii, order, n_valid, width, height):
     for c in nb.prange(C):
         for k in range(n_valid[c]):
             g = order[c, k]
-            x0 = max(0, int(math.ceil(means2d[c, g, 0] - radii[c, g, 0] - 0.5)))
-            x1 = min(width - 1, int(math.floor(means2d[c, g, 0] + radii[c, g, 0] - 0.5)))
-            y0 = max(0, int(math.ceil(means2d[c, g, 1] - radii[c, g, 1] - 0.5)))
-            y1 = min(height - 1, int(math.floor(means2d[c, g, 1] + radii[c, g, 1] - 0.5)))
+            x0, x1, y0, y1 = _footprint(means2d, radii, c, g, width, height)
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
-                    sigma, dx, dy = _sigma(means2d, conics, c, g, px, py)
-                    if sigma >= 0 and opacities[c, g] * math.exp(-sigma) >= ALPHA_THRESHOLD:
+                    if _hits(means2d, conics, opacities, c, g, px, py):
                         counts[c * hw + py * width + px + 1] += 1
     offsets = np.cumsum(counts)
     gauss = np.empty(offsets[-1], dtype=np.int32)
@@ -58,14 +71,10 @@ def bin_pairs(means2d, conics, opacities, radii, order, n_valid, width, height):
         fill = offsets[c * hw : (c + 1) * hw].copy()
         for k in range(n_valid[c]):
             g = order[c, k]
-            x0 = max(0, int(math.ceil(means2d[c, g, 0] - radii[c, g, 0] - 0.5)))
-            x1 = min(width - 1, int(math.floor(means2d[c, g, 0] + radii[c, g, 0] - 0.5)))
-            y0 = max(0, int(math.ceil(means2d[c, g, 1] - radii[c, g, 1] - 0.5)))
-            y1 = min(height - 1, int(math.floor(means2d[c, g, 1] + radii[c, g, 1] - 0.5)))
+            x0, x1, y0, y1 = _footprint(means2d, radii, c, g, width, height)
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
-                    sigma, dx, dy = _sigma(means2d, conics, c, g, px, py)
-                    if sigma >= 0 and opacities[c, g] * math.exp(-sigma) >= ALPHA_THRESHOLD:
+                    if _hits(means2d, conics, opacities, c, g, px, py):
                         p = py * width + px
                         gauss[fill[p]] = g
                         fill[p] += 1

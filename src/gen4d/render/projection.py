@@ -47,12 +47,6 @@ class Projected:
     valid: Tensor
 
 
-def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
-    """World-space covariances ``[..., 3, 3]`` from wxyz quaternions and standard deviations."""
-    M = quat_to_rotmat(quats) * scales[..., None, :]
-    return M @ M.transpose(-1, -2)
-
-
 def project_gaussians(
     means: Tensor,
     quats: Tensor,
@@ -71,7 +65,7 @@ def project_gaussians(
     C = viewmats.shape[0]
     R = viewmats[:, None, :3, :3]  # [C, 1, 3, 3]
     t = viewmats[:, None, :3, 3]  # [C, 1, 3]
-    p = (R @ means[..., None])[..., 0] + t  # [C, N, 3]
+    p = (means[..., None, :] * R).sum(-1) + t  # [C, N, 3]
     x, y, z = p.unbind(-1)
     in_depth = (z > near_plane) & (z < far_plane)
     # Culled Gaussians get a harmless depth so no inf/nan enters the graph (where() would pass nan gradients).
@@ -86,15 +80,15 @@ def project_gaussians(
     lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
     tx = zs * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / zs))
     ty = zs * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / zs))
-    zero = torch.zeros_like(zs)
-    J = torch.stack(
-        [fx / zs, zero, -fx * tx / zs**2, zero, fy / zs, -fy * ty / zs**2], dim=-1
-    ).reshape(C, -1, 2, 3)
-
-    cov_world = covariance_3d(quats, scales)  # [C or 1, N, 3, 3]
-    cov_cam = R @ cov_world @ R.transpose(-1, -2)
-    cov2d = J @ cov_cam @ J.transpose(-1, -2)
-    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    # cov2d = J W Sigma W^T J^T = A A^T with A = J W R_q S (2x3): written out row by row, because batched
+    # 3x3 matrix products are slow on the CPU and J has two structural zeros.
+    W = viewmats[:, None, :3, :3]  # [C, 1, 3, 3], rows of the world-to-camera rotation
+    T0 = (fx / zs)[..., None] * W[..., 0, :] - (fx * tx / zs**2)[..., None] * W[..., 2, :]  # [C, N, 3]
+    T1 = (fy / zs)[..., None] * W[..., 1, :] - (fy * ty / zs**2)[..., None] * W[..., 2, :]
+    M = quat_to_rotmat(quats) * scales[..., None, :]  # [(C,) N, 3, 3] = R_q S
+    A0 = (T0[..., :, None] * M).sum(-2)
+    A1 = (T1[..., :, None] * M).sum(-2)
+    a, b, c = (A0 * A0).sum(-1), (A0 * A1).sum(-1), (A1 * A1).sum(-1)
     det_orig = a * c - b * b
     a, c = a + eps2d, c + eps2d
     det = a * c - b * b

@@ -126,7 +126,16 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, wid
     if means.dim() == 2:
         out, alpha, meta = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, **kwargs)
     else:
-        out, alpha, meta = rasterization(means, quats, scales, opacities, colors, viewmats[:, None], Ks[:, None], **kwargs)
+        C = means.shape[0]
+
+        def per_camera(t: Tensor, tail: int) -> Tensor:  # gsplat's batch dimension must be explicit everywhere
+            return t if t.dim() == tail + 2 else t.expand(C, *t.shape)
+
+        colors = per_camera(colors, 2 if sh_degree is not None else 1)
+        out, alpha, meta = rasterization(
+            means, per_camera(quats, 1), per_camera(scales, 1), per_camera(opacities, 0), colors,
+            viewmats[:, None], Ks[:, None], **kwargs,
+        )
         out, alpha = out[:, 0], alpha[:, 0]
         meta = dict(meta)
         for key in ("means2d", "radii"):
