@@ -125,6 +125,19 @@ def test_sigkill_mid_stage_then_rerun_finishes_with_the_same_result(scene_dir, t
         assert torch.equal(a[k], b[k]), k
 
 
+def test_random_background_training_evaluates_on_white(scene_dir, tmp_path):
+    from gen4d.recipes.reconstruct import TrainingData
+
+    train = load_dnerf(scene_dir, "train")
+    data = TrainingData(train, torch.device("cpu"), keep_alpha=True)
+    # Recompositing the premultiplied colour on white gives back the images the loader composited on white.
+    assert torch.allclose(data.premultiplied + (1 - data.alphas), train.images, atol=1e-6)
+    out = tmp_path / "run"
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY, "background=random", "export.formats=[ply]"]) == 0
+    corner = np.array(Image.open(out / "eval" / "test" / "r_000.png"))[0, 0]
+    assert (corner >= 250).all()  # nothing there: the white evaluation background
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def _write_frames(root: Path, frames_train, size=(8, 8), sizes=None):
     root.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def weighted_sum(rgb, alpha, depth):
 
 
 def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -88,7 +88,8 @@ class ReconstructConfig:
     downscale: int = 1
     """Integer image downscale factor."""
     background: str = "white"
-    """Background the images are composited on and rendered over: white | black."""
+    """Background the images are composited on and rendered over: white | black | random (train on a random
+    colour each step, against semi-transparent floaters; evaluate and export on white)."""
     seed: int = 0
     """Random seed."""
     device: str = "auto"
@@ -157,8 +158,11 @@ def resolve_device(name: str) -> torch.device:
 class TrainingData:
     """Training images on the device, with a sampler that draws a batch of views sharing one time."""
 
-    def __init__(self, split: MultiViewVideo, device: torch.device):
+    def __init__(self, split: MultiViewVideo, device: torch.device, keep_alpha: bool = False):
         self.images = split.images.to(device)
+        if keep_alpha:  # for recompositing on other backgrounds
+            self.premultiplied = split.premultiplied().to(device)
+            self.alphas = split.alphas.to(device)
         self.cameras = split.cameras.to(device)
         times = split.times
         self.groups = [torch.nonzero(times == t).squeeze(-1) for t in torch.unique(times)]
@@ -188,12 +192,15 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
     """Fit, evaluate and export. Validates the data before touching ``out``; resumes a run in ``out``."""
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    splits = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=cfg.background)
+    if cfg.background not in ("white", "black", "random"):
+        raise Gen4DError(f"background must be white, black or random, got {cfg.background!r}")
+    random_bg = cfg.background == "random"
+    splits = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background="white" if random_bg else cfg.background)
     train, test = splits["train"], splits["test"]
     run = RunDir(out)
     run.prepare(config_yaml(cfg), command)
 
-    data = TrainingData(train, device)
+    data = TrainingData(train, device, keep_alpha=random_bg)
     bg = torch.tensor(train.background, dtype=torch.float32, device=device)
     extent = scene_extent(train.cameras)
     cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
@@ -221,8 +228,13 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
     def losses(deform: bool):
         def fn(scene: Scene4D, step: int, generator: torch.Generator):
             idx = data.sample(cfg.train.batch_size, generator)
-            out = scene.render(_select(data.cameras, idx), background=bg, deform=deform)
-            terms = photometric_loss(out.rgb, data.images[idx], cfg.loss.ssim_weight)
+            if random_bg:
+                step_bg = torch.rand(3, generator=generator).to(device)
+                target = data.premultiplied[idx] + (1.0 - data.alphas[idx]) * step_bg
+            else:
+                step_bg, target = bg, data.images[idx]
+            out = scene.render(_select(data.cameras, idx), background=step_bg, deform=deform)
+            terms = photometric_loss(out.rgb, target, cfg.loss.ssim_weight)
             if deform:
                 hp = scene.deformation.hexplane
                 if cfg.loss.plane_tv_weight:
@@ -355,7 +367,8 @@ def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict
         raise Gen4DError(f"{out} has no finished stage to export yet; rerun its command to finish it first")
     device = resolve_device(cfg.device)
     scene = Scene4D.from_tensors({k[6:]: v for k, v in ckpt[0].items() if k.startswith("scene.")}, cfg.model.sh_degree, cfg.deformation).to(device)
-    train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=cfg.background)["train"]
+    background = "white" if cfg.background == "random" else cfg.background
+    train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]
     n_times = len(torch.unique(train.times))
     cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
     return export_scene(scene, run.exports, cfg.export, train.background, n_times, cam_dist, formats=formats, quiet=quiet)
