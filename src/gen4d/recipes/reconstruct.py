@@ -45,6 +45,8 @@ class ModelConfig:
     """Radius of the initial ball; 0: 0.3 x the mean camera distance from the origin."""
     init_opacity: float = 0.1
     """Initial opacity."""
+    antialiased: bool = False
+    """Render with antialiasing compensation of the 2D low-pass filter (Mip-Splatting style; gsplat "antialiased")."""
 
 
 @dataclass
@@ -215,10 +217,10 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
         g = torch.Generator().manual_seed(cfg.seed)
         radius = cfg.model.init_radius or 0.3 * cam_dist
         model = GaussianModel.random_in_sphere(cfg.model.init_points, radius, cfg.model.sh_degree, g, cfg.model.init_opacity)
-        return Scene4D(model).to(device)
+        return Scene4D(model, antialiased=cfg.model.antialiased).to(device)
 
     def load_scene(tensors) -> Scene4D:
-        return Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation).to(device)
+        return Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation, cfg.model.antialiased).to(device)
 
     def preview(scene: Scene4D, step: int, folder: Path) -> None:
         with torch.no_grad():
@@ -366,7 +368,8 @@ def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict
     if ckpt is None or not ckpt[1].get("complete"):
         raise Gen4DError(f"{out} has no finished stage to export yet; rerun its command to finish it first")
     device = resolve_device(cfg.device)
-    scene = Scene4D.from_tensors({k[6:]: v for k, v in ckpt[0].items() if k.startswith("scene.")}, cfg.model.sh_degree, cfg.deformation).to(device)
+    tensors = {k[len("scene."):]: v for k, v in ckpt[0].items() if k.startswith("scene.")}
+    scene = Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation, cfg.model.antialiased).to(device)
     background = "white" if cfg.background == "random" else cfg.background
     train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]
     n_times = len(torch.unique(train.times))

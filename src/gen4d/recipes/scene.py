@@ -13,12 +13,16 @@ from ..render import RenderOutput, rasterize
 
 
 class Scene4D(nn.Module):
-    """Canonical Gaussians ``gaussians`` moved over time by ``deformation`` (None for a static scene)."""
+    """Canonical Gaussians ``gaussians`` moved over time by ``deformation`` (None for a static scene).
 
-    def __init__(self, gaussians: GaussianModel, deformation: DeformationField | None = None):
+    antialiased: render with the antialiasing opacity compensation (gsplat's "antialiased" mode) by default.
+    """
+
+    def __init__(self, gaussians: GaussianModel, deformation: DeformationField | None = None, antialiased: bool = False):
         super().__init__()
         self.gaussians = gaussians
         self.deformation = deformation
+        self.antialiased = antialiased
 
     # ------------------------------------------------------------------ state
     def tensors(self) -> dict[str, Tensor]:
@@ -29,7 +33,7 @@ class Scene4D(nn.Module):
 
     @classmethod
     def from_tensors(
-        cls, tensors: dict[str, Tensor], sh_degree: int, deformation_config: DeformationConfig | None
+        cls, tensors: dict[str, Tensor], sh_degree: int, deformation_config: DeformationConfig | None, antialiased: bool = False
     ) -> "Scene4D":
         gaussians = GaussianModel({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("gaussians.")}, sh_degree)
         deformation = None
@@ -37,7 +41,7 @@ class Scene4D(nn.Module):
         if field_state:
             deformation = DeformationField(deformation_config or DeformationConfig())
             deformation.load_state_dict(field_state)
-        return cls(gaussians, deformation)
+        return cls(gaussians, deformation, antialiased)
 
     # ------------------------------------------------------------------ evaluation
     def frame_at(self, t: float | Tensor | None) -> GaussianFrame:
@@ -60,11 +64,12 @@ class Scene4D(nn.Module):
         cameras: Cameras,
         background: Tensor | None = None,
         deform: bool = True,
-        antialiased: bool = False,
+        antialiased: bool | None = None,
         backend: str = "auto",
     ) -> RenderOutput:
         """Render each camera at its own time. The field is evaluated once per distinct time in the batch."""
         sh_degree = self.gaussians.sh_degree
+        antialiased = self.antialiased if antialiased is None else antialiased
         if not deform or self.deformation is None:
             f = self.gaussians.frame()
             return rasterize(
