@@ -1,0 +1,76 @@
+"""Model registry: short names -> Hub ids, and loading from the Hub cache or a local folder with clear errors.
+
+``--models tiny`` swaps every prior for a tiny random-weight model of the same classes, built by
+:mod:`gen4d.testing` and saved in the diffusers layout, then loaded through this same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import Gen4DError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A pretrained model: Hub id, optional file inside it, and what it is for."""
+
+    repo: str
+    description: str
+    file: str | None = None
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "sd21": ModelSpec("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base (text SDS, VSD)"),
+    "sd15": ModelSpec("stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5 (ControlNet-tile base)"),
+    "mvdream": ModelSpec("MVDream/MVDream", "MVDream 4-view SD 2.1 (original checkpoint)", file="sd-v2.1-base-4view.pt"),
+    "mvdream-diffusers": ModelSpec("ashawkey/mvdream-sd2.1-diffusers", "MVDream, diffusers port"),
+    "zero123-xl": ModelSpec("ashawkey/zero123-xl-diffusers", "Zero123-XL novel-view diffusion"),
+    "stable-zero123": ModelSpec("ashawkey/stable-zero123-diffusers", "Stable Zero123 novel-view diffusion"),
+    "zero123-xl-bennyguo": ModelSpec("bennyguo/zero123-xl-diffusers", "Zero123-XL (threestudio conversion)"),
+    "svd": ModelSpec("stabilityai/stable-video-diffusion-img2vid", "Stable Video Diffusion, 14 frames"),
+    "svd-xt": ModelSpec("stabilityai/stable-video-diffusion-img2vid-xt", "Stable Video Diffusion XT, 25 frames"),
+    "zeroscope": ModelSpec("cerspense/zeroscope_v2_576w", "ZeroScope v2 576w text-to-video"),
+    "modelscope": ModelSpec("damo-vilab/text-to-video-ms-1.7b", "ModelScope 1.7B text-to-video"),
+    "controlnet-tile": ModelSpec("lllyasviel/control_v11f1e_sd15_tile", "ControlNet 1.1 tile for SD 1.5"),
+    "deepfloyd-if": ModelSpec("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd IF stage I (pixel space)"),
+}
+
+
+def resolve(name_or_path: str) -> tuple[str, ModelSpec | None]:
+    """A registry name -> its Hub id; an existing folder or any other Hub id is returned as is."""
+    if name_or_path in REGISTRY:
+        return REGISTRY[name_or_path].repo, REGISTRY[name_or_path]
+    return name_or_path, None
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def missing_weights_error(name: str, repo: str, detail: str = "") -> Gen4DError:
+    """The one error for weights that cannot be found: what is missing and exactly how to get it."""
+    where = "the Hub is unreachable (offline)" if offline() else "it could not be downloaded"
+    msg = (
+        f"model {name!r} ({repo}) is not in the local Hugging Face cache and {where}; download it once with "
+        f"`hf download {repo}` (or `huggingface-cli download {repo}`), or point gen4d at a local copy with "
+        f"models.{name}=/path/to/folder"
+    )
+    return Gen4DError(msg + (f" [{detail}]" if detail else ""))
+
+
+def load_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwargs):
+    """``cls.from_pretrained`` for a registry name, Hub id or local folder, with one clear error if missing."""
+    repo, _ = resolve(name_or_path)
+    if Path(repo).exists():
+        repo = str(Path(repo))
+    try:
+        if subfolder is None:
+            return cls.from_pretrained(repo, **kwargs)
+        return cls.from_pretrained(repo, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError) as e:  # huggingface_hub raises OSError subclasses for missing files
+        if Path(repo).exists():
+            raise Gen4DError(f"{repo} does not hold a loadable {cls.__name__}{f' in {subfolder}/' if subfolder else ''}: {str(e).splitlines()[0]}") from None
+        raise missing_weights_error(name_or_path, repo, type(e).__name__) from None
