@@ -17,7 +17,8 @@ through the U-Net**. It is applied with the stop-gradient target trick:
 Variants that regress the denoised latent instead (same trick, different target):
     * ``x0``  (MVDream): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), optionally
       rescaled so its per-sample std matches the prediction without CFG (``std_rescale``, MVDream uses 0.5);
-      L = 1/2 || x - stopgrad(x0_hat) ||^2.  With w(t) = alpha_bar_t / (1 - alpha_bar_t) this equals SDS.
+      L = 1/2 || x - stopgrad(x0_hat) ||^2. Since x - x0_hat = sqrt((1 - a) / a) (eps_hat - eps), this is SDS
+      with w(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t).
     * ``hifa`` (HiFA, Zhu et al. 2023): the same x0 target plus an RGB-space term computed by the prior.
 """
 

@@ -1,0 +1,75 @@
+"""A tiny SD 1.5-like model plus a ControlNet matching its U-Net, in the diffusers layout.
+
+``folder/`` holds unet/, vae/, text_encoder/, tokenizer/, scheduler/ and model_index.json like
+``stable-diffusion-v1-5``; ``folder/controlnet/`` holds a ``ControlNetModel`` built from the tiny U-Net (same
+channels, cross-attention width and heads), as ``lllyasviel/control_v11f1e_sd15_tile`` is for SD 1.5.
+
+A freshly initialised ControlNet has zero convolutions on every residual it hands to the U-Net, so it would not
+change any prediction; the tiny one re-initialises them with small random weights so that tests can see the
+control signal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .tiny_t2v import (
+    TINY_TEXT_DIM,
+    save_text_components,
+    tiny_ddpm_scheduler,
+    tiny_vae,
+    write_model_index,
+)
+
+
+def _unzero(module: torch.nn.Module, std: float, generator: torch.Generator) -> None:
+    for p in module.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+def make_tiny_sd15_controlnet(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny SD 1.5 model to ``folder`` and its ControlNet to ``folder/controlnet``; returns ``folder``."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=TINY_TEXT_DIM,
+        attention_head_dim=8,
+    )
+    unet.save_pretrained(folder / "unet")
+    # four conditioning blocks: the control image is downsampled by 8, like the latents
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    g = torch.Generator().manual_seed(seed + 3)
+    _unzero(controlnet.controlnet_cond_embedding.conv_out, 0.05, g)
+    _unzero(controlnet.controlnet_down_blocks, 0.05, g)
+    _unzero(controlnet.controlnet_mid_block, 0.05, g)
+    controlnet.save_pretrained(folder / "controlnet")
+    torch.manual_seed(seed + 2)
+    tiny_vae().save_pretrained(folder / "vae")
+    save_text_components(folder, seed)
+    tiny_ddpm_scheduler().save_pretrained(folder / "scheduler")
+    write_model_index(
+        folder,
+        "StableDiffusionPipeline",
+        {
+            "scheduler": ("diffusers", "DDPMScheduler"),
+            "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "vae": ("diffusers", "AutoencoderKL"),
+        },
+    )
+    return folder
