@@ -15,7 +15,8 @@ from gen4d.guidance.prompts import (
 from gen4d.guidance.sds import TimestepSchedule, classifier_free_guidance
 from gen4d.guidance.stable_diffusion import StableDiffusionGuidance
 from gen4d.guidance.vsd import VariationalScoreDistillation
-from gen4d.testing.tiny_sd import make_tiny_sd, tiny_model_dir
+from gen4d.testing import tiny_model_dir
+from gen4d.testing.tiny_sd import make_tiny_sd
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +262,18 @@ def test_missing_weights_offline(monkeypatch):
         StableDiffusionGuidance(model="sd21")
     msg = str(e.value)
     assert "stabilityai/stable-diffusion-2-1-base" in msg and "hf download" in msg
+
+
+def test_models_tiny_swaps_registry_names_for_tiny_models(tmp_path, monkeypatch):
+    from gen4d.guidance import registry
+
+    monkeypatch.setenv("GEN4D_CACHE", str(tmp_path))
+    monkeypatch.setattr(registry, "_model_set", "real")
+    with pytest.raises(Gen4DError, match="stabilityai/stable-diffusion-2-1-base"):
+        StableDiffusionGuidance(model="sd21")
+    registry.set_model_set("tiny")
+    guidance = StableDiffusionGuidance(model="sd21")
+    assert tuple(guidance.unet.config.block_out_channels) == (32, 64)
+    assert (tmp_path / "tiny" / "sd21" / "model_index.json").exists()
+    with pytest.raises(Gen4DError, match="real"):
+        registry.set_model_set("huge")

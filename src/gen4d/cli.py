@@ -24,7 +24,7 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--iters", type=int, default=None, help="total optimisation steps (overrides the preset)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--models", default=None, help="model set for recipes with diffusion priors; this recipe uses none")
+    p.add_argument("--models", default=None, help="real | tiny: pretrained priors or tiny random ones (reconstruction uses none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Any other argument key=value overrides a configuration field, e.g. train.batch_size=4."
 
@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
     args.overrides = extra
     try:
+        if getattr(args, "models", None):
+            from .guidance.registry import set_model_set
+
+            set_model_set(args.models)
         return args.func(args)
     except Gen4DError as e:
         print(f"error: {e}", file=sys.stderr)

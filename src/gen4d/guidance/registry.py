@@ -39,9 +39,30 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+_model_set = os.environ.get("GEN4D_MODELS", "real")
+
+
+def set_model_set(name: str) -> None:
+    """``real``: registry names load the published weights; ``tiny``: they load tiny random-weight models of the
+    same classes (built by :mod:`gen4d.testing`; outputs are meaningless, everything runs anywhere)."""
+    global _model_set
+    if name not in ("real", "tiny"):
+        raise Gen4DError(f"--models must be 'real' or 'tiny', got {name!r}")
+    _model_set = name
+
+
+def model_set() -> str:
+    return _model_set
+
+
 def resolve(name_or_path: str) -> tuple[str, ModelSpec | None]:
-    """A registry name -> its Hub id; an existing folder or any other Hub id is returned as is."""
+    """A registry name -> its Hub id (or its tiny model's folder with ``--models tiny``); an existing folder or any
+    other Hub id is returned as is."""
     if name_or_path in REGISTRY:
+        if _model_set == "tiny":
+            from ..testing import tiny_model_dir
+
+            return str(tiny_model_dir(name_or_path)), REGISTRY[name_or_path]
         return REGISTRY[name_or_path].repo, REGISTRY[name_or_path]
     return name_or_path, None
 

@@ -1,0 +1,71 @@
+"""Tiny random-weight models of the real classes, for tests and for ``--models tiny``.
+
+Each builder writes a model in its Hub layout (diffusers pipeline folders), so that loading it goes through
+exactly the ``from_pretrained`` code the real weights use. :func:`tiny_model_dir` builds a registry name's tiny
+model once under ``$GEN4D_CACHE/tiny`` (default ``~/.cache/gen4d/tiny``) and reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def _builders() -> dict[str, Callable]:
+    # Imported lazily: building needs diffusers / transformers, which `import gen4d.testing` should not pull in.
+    from .tiny_controlnet import make_tiny_sd15_controlnet
+    from .tiny_mvdream import make_tiny_mvdream
+    from .tiny_sd import make_tiny_sd
+    from .tiny_t2v import make_tiny_t2v
+
+    builders = {
+        "sd21": make_tiny_sd,
+        "sd15": make_tiny_sd15_controlnet,
+        "controlnet-tile": make_tiny_sd15_controlnet,
+        "mvdream": make_tiny_mvdream,
+        "mvdream-diffusers": make_tiny_mvdream,
+        "zeroscope": make_tiny_t2v,
+        "modelscope": make_tiny_t2v,
+    }
+    try:
+        from .tiny_svd import make_tiny_svd
+        from .tiny_zero123 import make_tiny_zero123
+
+        builders.update({"zero123-xl": make_tiny_zero123, "stable-zero123": make_tiny_zero123,
+                         "zero123-xl-bennyguo": make_tiny_zero123, "svd": make_tiny_svd, "svd-xt": make_tiny_svd})
+    except ImportError:
+        pass
+    return builders
+
+
+def tiny_cache_root() -> Path:
+    """``$GEN4D_CACHE/tiny`` or ``~/.cache/gen4d/tiny``."""
+    root = os.environ.get("GEN4D_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "gen4d"
+    return base / "tiny"
+
+
+def tiny_model_dir(name: str = "sd21", seed: int = 0) -> Path:
+    """The folder of the tiny model for registry name ``name`` (built once, atomically, then reused)."""
+    builders = _builders()
+    if name not in builders:
+        raise KeyError(f"no tiny model named {name!r}; known: {sorted(builders)}")
+    folder = tiny_cache_root() / (name if seed == 0 else f"{name}-seed{seed}")
+    if (folder / "model_index.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        builders[name](tmp, seed=seed)
+        try:
+            tmp.rename(folder)
+        except OSError:  # built concurrently by someone else: keep theirs
+            if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -12,9 +12,6 @@ resolution is 16x16 pixels. Outputs are meaningless.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -116,36 +113,4 @@ def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
         "_transformers_version": transformers.__version__,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
-
-
-_BUILDERS = {"sd21": make_tiny_sd}
-
-
-def tiny_cache_root() -> Path:
-    """``$GEN4D_CACHE/tiny`` or ``~/.cache/gen4d/tiny``."""
-    root = os.environ.get("GEN4D_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "gen4d"
-    return base / "tiny"
-
-
-def tiny_model_dir(name: str = "sd21", seed: int = 0) -> Path:
-    """The folder of the tiny model ``name`` (built once, atomically, then reused)."""
-    if name not in _BUILDERS:
-        raise KeyError(f"no tiny model named {name!r}; known: {sorted(_BUILDERS)}")
-    folder = tiny_cache_root() / (name if seed == 0 else f"{name}-seed{seed}")
-    if (folder / "model_index.json").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        _BUILDERS[name](tmp, seed=seed)
-        try:
-            tmp.rename(folder)
-        except OSError:  # built concurrently by someone else: keep theirs
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -1,0 +1,77 @@
+"""A tiny random-weight Zero123 in the diffusers layout of the published ports (same classes, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) -> Path:
+    """Save ``unet`` / ``vae`` / ``image_encoder`` / ``clip_camera_projection`` / ``scheduler`` / ``model_index.json``
+    under ``folder`` (VAE downsampling 8, CLIP image_size 32, projection_dim ``embed_dim``); returns the folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ..guidance.zero123 import CLIPCameraProjection
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=embed_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
+    clip = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=embed_dim,
+            hidden_act="quick_gelu",
+        )
+    )
+    proj = CLIPCameraProjection(embedding_dim=embed_dim, additional_embeddings=4)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
+    )
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    clip.save_pretrained(folder / "image_encoder")
+    proj.save_pretrained(folder / "clip_camera_projection")
+    scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "Zero123Pipeline",
+        "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
