@@ -14,12 +14,12 @@ through the U-Net**. It is applied with the stop-gradient target trick:
 
     target = stopgrad(x - g),   L = 1/2 || x - target ||^2   =>   dL/dx = g
 
-Variants that regress the denoised latent instead (same trick, different target):
-    * ``x0``  (MVDream): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), optionally
+The variant that regresses the denoised latent instead (same trick, different target), i.e. the latent-space
+denoised target of HiFA (Zhu et al. 2023) and MVDream's x0 reconstruction:
+    * ``x0``: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), optionally
       rescaled so its per-sample std matches the prediction without CFG (``std_rescale``, MVDream uses 0.5);
       L = 1/2 || x - stopgrad(x0_hat) ||^2. Since x - x0_hat = sqrt((1 - a) / a) (eps_hat - eps), this is SDS
       with w(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t).
-    * ``hifa`` (HiFA, Zhu et al. 2023): the same x0 target plus an RGB-space term computed by the prior.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Weighting = Literal["sds", "uniform", "x0", "hifa"]
+Weighting = Literal["sds", "uniform", "x0"]
 
 
 def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
