@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .tiny_t2v import (
-    TINY_TEXT_DIM,
+from .components import (
     save_text_components,
     tiny_ddpm_scheduler,
     tiny_vae,
+    tiny_unet2d,
     write_model_index,
 )
 
@@ -32,23 +32,12 @@ def _unzero(module: torch.nn.Module, std: float, generator: torch.Generator) -> 
 
 def make_tiny_sd15_controlnet(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny SD 1.5 model to ``folder`` and its ControlNet to ``folder/controlnet``; returns ``folder``."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import ControlNetModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=TINY_TEXT_DIM,
-        attention_head_dim=8,
-    )
+    unet = tiny_unet2d()
     unet.save_pretrained(folder / "unet")
     # four conditioning blocks: the control image is downsampled by 8, like the latents
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .components import TINY_TEXT_DIM, tiny_unet2d
 from .tokenizer import SPECIAL, tiny_vocab, write_tiny_clip_tokenizer
-
-#: cross-attention width = text hidden size of the tiny text encoder
-TINY_TEXT_DIM = 32
 
 
 def _seeded(seed: int):
@@ -30,7 +28,7 @@ def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     """Build the tiny SD kit with fixed seeds and save it under ``folder`` (diffusers pipeline layout)."""
     import diffusers
     import transformers
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
@@ -39,19 +37,7 @@ def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     rng_state = torch.random.get_rng_state()
     try:
         _seeded(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            cross_attention_dim=TINY_TEXT_DIM,
-            attention_head_dim=8,
-            norm_num_groups=8,
-            use_linear_projection=True,  # as SD 2.x
-        )
+        unet = tiny_unet2d(use_linear_projection=True)  # as SD 2.x
         _seeded(seed + 1)
         vae = AutoencoderKL(
             in_channels=3,

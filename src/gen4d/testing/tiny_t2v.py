@@ -7,81 +7,11 @@ a CPU. Loaded back through :func:`gen4d.guidance.registry.load_pretrained` exact
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .tokenizer import tiny_vocab, write_tiny_clip_tokenizer
-
-TINY_TEXT_DIM = 32
-TINY_MAX_LENGTH = 32
-
-
-def tiny_text_encoder_config(hidden_size: int = TINY_TEXT_DIM, max_length: int = TINY_MAX_LENGTH):
-    from transformers import CLIPTextConfig
-
-    vocab = tiny_vocab()
-    return CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=max_length,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-        hidden_act="quick_gelu",
-        projection_dim=hidden_size,
-    )
-
-
-def tiny_vae():
-    """AutoencoderKL with four encoder blocks (downsampling by 8, as in SD) and 8 channels everywhere."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
-
-
-def tiny_ddpm_scheduler():
-    """The SD / ModelScope schedule: scaled-linear betas 0.00085 .. 0.012 over 1000 steps."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        prediction_type="epsilon",
-    )
-
-
-def save_text_components(folder: Path, seed: int) -> None:
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(seed + 1)
-    write_tiny_clip_tokenizer(folder / "tokenizer", model_max_length=TINY_MAX_LENGTH)
-    CLIPTextModel(tiny_text_encoder_config()).save_pretrained(folder / "text_encoder")
-
-
-def write_model_index(folder: Path, pipeline: str, components: dict[str, tuple[str, str]]) -> None:
-    index = {"_class_name": pipeline, "_diffusers_version": "0.42.1"}
-    index.update({k: list(v) for k, v in components.items()})
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
+from .components import TINY_TEXT_DIM, save_text_components, tiny_ddpm_scheduler, tiny_vae, write_model_index
 
 def make_tiny_t2v(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny random text-to-video model to ``folder`` (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
+from .components import tiny_unet2d, tiny_vae
+
 
 def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) -> Path:
     """Save ``unet`` / ``vae`` / ``image_encoder`` / ``clip_camera_projection`` / ``scheduler`` / ``model_index.json``
     under ``folder`` (VAE downsampling 8, CLIP image_size 32, projection_dim ``embed_dim``); returns the folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from ..guidance.zero123 import CLIPCameraProjection
@@ -19,30 +21,8 @@ def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=embed_dim,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=256,
-        scaling_factor=0.18215,
-    )
+    unet = tiny_unet2d(sample_size=32, in_channels=8, cross_attention_dim=embed_dim, norm_num_groups=32)
+    vae = tiny_vae(sample_size=256)
     clip = CLIPVisionModelWithProjection(
         CLIPVisionConfig(
             hidden_size=32,
