@@ -61,3 +61,31 @@ def test_std_rescale_matches_conditional_std_per_group():
     x0_cond = predict_x0(x_t, eps_cond, a)
     for grp in (slice(0, 2), slice(2, 4)):
         assert float(target[grp].std()) == pytest.approx(float(x0_cond[grp].std()), rel=1e-9)
+
+
+def test_offload_between_calls_moves_the_module_only_while_it_runs():
+    from gen4d.guidance.base import offload_between_calls
+
+    class Recorder(torch.nn.Linear):
+        def __init__(self):
+            super().__init__(2, 2)
+            self.moves = []
+
+        def to(self, *args, **kwargs):
+            self.moves.append(str(args[0]))
+            return super().to("cpu")  # the only device here; the order of requests is what is checked
+
+        def encode(self, x, fail=False):
+            if fail:
+                raise RuntimeError("boom")
+            return self(x)
+
+    m = Recorder()
+    offload_between_calls(m, "cuda:0", ("forward", "encode"))
+    assert m.moves == ["cpu"]
+    m.encode(torch.ones(1, 2))
+    # one move in and one out, although encode calls the (also wrapped) forward inside
+    assert m.moves == ["cpu", "cuda:0", "cpu"]
+    with pytest.raises(RuntimeError):
+        m.encode(torch.ones(1, 2), fail=True)
+    assert m.moves[-1] == "cpu"

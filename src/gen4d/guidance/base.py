@@ -45,6 +45,33 @@ class GuidanceConfig:
     """Keep the networks on the CPU and move each to the GPU only while it runs (one large model at a time)."""
 
 
+def offload_between_calls(module: nn.Module, device: torch.device | str, methods: tuple[str, ...] = ("forward",)) -> None:
+    """Keep ``module`` on the CPU and move it to ``device`` only while one of ``methods`` runs.
+
+    With every large network of a prior wrapped this way, at most one of them occupies the accelerator at a time
+    (at the cost of a host-device copy per call). Tensors saved for a backward pass keep their device copies
+    alive until that backward, so gradients through e.g. a VAE encoder still work.
+    """
+    module.to("cpu")
+    depth = [0]  # wrapped methods may call each other (encode -> forward): move only at the outermost call
+
+    for name in methods:
+        original = getattr(module, name)
+
+        def run_on_device(*args, _original=original, **kwargs):
+            if depth[0] == 0:
+                module.to(device)
+            depth[0] += 1
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    module.to("cpu")
+
+        setattr(module, name, run_on_device)
+
+
 class DiffusionGuidance(nn.Module):
     """Base class: holds ``alphas_cumprod`` and the SDS bookkeeping; subclasses load networks and predict noise."""
 
@@ -88,6 +115,17 @@ class DiffusionGuidance(nn.Module):
         if self.config.weighting in ("sds", "uniform"):
             return sds_loss(x, eps_hat, eps, a, self.config.weighting)[0]
         return x0_loss(x, x_t, eps_hat, a, eps_cond=eps_cond, std_rescale=self.config.std_rescale, group=group)
+
+    def enable_cpu_offload(self, device: torch.device | str, modules: dict[str, tuple[str, ...]]) -> bool:
+        """Apply :func:`offload_between_calls` to the named sub-networks (``{"vae": ("encode", "decode")}``) when
+        ``config.cpu_offload`` is set and ``device`` is an accelerator. Returns whether offloading is on."""
+        if not self.config.cpu_offload or torch.device(device).type == "cpu":
+            return False
+        for name, methods in modules.items():
+            module = getattr(self, name, None)
+            if module is not None:
+                offload_between_calls(module, device, methods)
+        return True
 
     @staticmethod
     def freeze(*modules: nn.Module) -> None:

@@ -199,6 +199,9 @@ class ControlNetTileGuidance(DiffusionGuidance):
         self.last: dict = {}
         if device is not None:
             self.to(device)
+            self.enable_cpu_offload(
+                device, {"unet": ("forward",), "controlnet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)}
+            )
 
     @property
     def device(self) -> torch.device:

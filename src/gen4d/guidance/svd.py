@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DTYPES, Precision
+from .base import DTYPES, Precision, offload_between_calls
 from .registry import load_pretrained
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,6 +54,8 @@ class SVDConfig:
     max_guidance_scale: float = 3.0
     """CFG scale of the last frame; <= 1 everywhere disables CFG."""
     attention_slicing: bool = False
+    cpu_offload: bool = False
+    """Keep the U-Net, VAE and image encoder on the CPU and move each to the device only while it runs."""
 
 
 @dataclass
@@ -84,6 +86,10 @@ class StableVideoDiffusion:
             m.eval()
             m.requires_grad_(False)
             m.to(self.device, dtype=self.dtype) if self.dtype != torch.float32 else m.to(self.device)
+        if config.cpu_offload and self.device.type != "cpu":
+            offload_between_calls(self.unet, self.device)
+            offload_between_calls(self.vae, self.device, ("encode", "decode"))
+            offload_between_calls(self.image_encoder, self.device)
         if config.attention_slicing and hasattr(self.unet, "set_attention_slice"):
             self.unet.set_attention_slice("auto")
         self._pipeline = None

@@ -125,6 +125,7 @@ class VideoSDSGuidance(DiffusionGuidance):
         self.last_vae_input_size: tuple[int, int] | None = None
         if device is not None:
             self.to(device)
+            self.enable_cpu_offload(device, {"unet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)})
 
     @property
     def device(self) -> torch.device:

@@ -143,6 +143,7 @@ class Zero123Guidance(DiffusionGuidance):
         self.reference: Zero123Reference | None = None
         if device is not None:
             self.to(device)
+            self.enable_cpu_offload(device, {"unet": ("forward",), "vae": ("encode", "decode"), "image_encoder": ("forward",)})
 
     @property
     def device(self) -> torch.device:
