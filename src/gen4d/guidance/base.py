@@ -116,16 +116,19 @@ class DiffusionGuidance(nn.Module):
             return sds_loss(x, eps_hat, eps, a, self.config.weighting)[0]
         return x0_loss(x, x_t, eps_hat, a, eps_cond=eps_cond, std_rescale=self.config.std_rescale, group=group)
 
-    def enable_cpu_offload(self, device: torch.device | str, modules: dict[str, tuple[str, ...]]) -> bool:
-        """Apply :func:`offload_between_calls` to the named sub-networks (``{"vae": ("encode", "decode")}``) when
-        ``config.cpu_offload`` is set and ``device`` is an accelerator. Returns whether offloading is on."""
-        if not self.config.cpu_offload or torch.device(device).type == "cpu":
-            return False
-        for name, methods in modules.items():
-            module = getattr(self, name, None)
-            if module is not None:
-                offload_between_calls(module, device, methods)
-        return True
+    offload_plan: dict[str, tuple[str, ...]] = {}
+    """Large sub-networks and the methods that run them, e.g. ``{"unet": ("forward",), "vae": ("encode", "decode")}``."""
+
+    def place(self, device: torch.device | str) -> "DiffusionGuidance":
+        """Move to ``device``. With ``config.cpu_offload`` on an accelerator, the networks of ``offload_plan`` then
+        stay on the CPU and visit the device only while they run (:func:`offload_between_calls`)."""
+        self.to(device)
+        if self.config.cpu_offload and torch.device(device).type != "cpu":
+            for name, methods in self.offload_plan.items():
+                module = getattr(self, name, None)
+                if module is not None:
+                    offload_between_calls(module, device, methods)
+        return self
 
     @staticmethod
     def freeze(*modules: nn.Module) -> None:

@@ -171,6 +171,8 @@ class ControlNetTileConfig(GuidanceConfig):
 class ControlNetTileGuidance(DiffusionGuidance):
     """``__call__(images [B, 3, H, W] in [0, 1], (cond, uncond), step)`` -> ``{"loss_sds": loss}``."""
 
+    offload_plan = {"unet": ("forward",), "controlnet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)}
+
     def __init__(self, config: ControlNetTileConfig | None = None, device: str | torch.device | None = None):
         from diffusers import (
             AutoencoderKL,
@@ -198,10 +200,7 @@ class ControlNetTileGuidance(DiffusionGuidance):
             self.ti_tokens = self.load_textual_inversion(config.textual_inversion, config.textual_inversion_token)
         self.last: dict = {}
         if device is not None:
-            self.to(device)
-            self.enable_cpu_offload(
-                device, {"unet": ("forward",), "controlnet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)}
-            )
+            self.place(device)
 
     @property
     def device(self) -> torch.device:

@@ -402,6 +402,8 @@ class MVDreamConfig(GuidanceConfig):
 class MVDreamGuidance(DiffusionGuidance):
     """Multi-view SDS with MVDream. Build with :meth:`from_pretrained` (any supported layout) or from modules."""
 
+    offload_plan = {"unet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)}
+
     def __init__(self, config: MVDreamConfig, unet, vae, text_encoder, tokenizer, scheduler):
         super().__init__(config, scheduler.alphas_cumprod)
         if getattr(unet.config, "class_embed_type", None) != "projection":

@@ -102,6 +102,8 @@ class VideoSDSGuidance(DiffusionGuidance):
     received a gradient).
     """
 
+    offload_plan = {"unet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)}
+
     def __init__(self, config: VideoSDSConfig | None = None, device: str | torch.device | None = None, load_text_encoder: bool = True):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 
@@ -124,8 +126,7 @@ class VideoSDSGuidance(DiffusionGuidance):
         self.last: dict = {}
         self.last_vae_input_size: tuple[int, int] | None = None
         if device is not None:
-            self.to(device)
-            self.enable_cpu_offload(device, {"unet": ("forward",), "vae": ("encode", "decode"), "text_encoder": ("forward",)})
+            self.place(device)
 
     @property
     def device(self) -> torch.device:

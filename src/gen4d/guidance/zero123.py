@@ -116,6 +116,8 @@ class Zero123Reference:
 class Zero123Guidance(DiffusionGuidance):
     """SDS from Zero123-family novel-view diffusion, relative to a reference image set by :meth:`prepare_reference`."""
 
+    offload_plan = {"unet": ("forward",), "vae": ("encode", "decode"), "image_encoder": ("forward",)}
+
     def __init__(self, config: Zero123Config | None = None, device: torch.device | str | None = None):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPVisionModelWithProjection
@@ -142,8 +144,7 @@ class Zero123Guidance(DiffusionGuidance):
             self.stable = config.variant == "stable-zero123"
         self.reference: Zero123Reference | None = None
         if device is not None:
-            self.to(device)
-            self.enable_cpu_offload(device, {"unet": ("forward",), "vae": ("encode", "decode"), "image_encoder": ("forward",)})
+            self.place(device)
 
     @property
     def device(self) -> torch.device:
