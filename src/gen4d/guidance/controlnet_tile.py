@@ -31,7 +31,8 @@ from torch import Tensor
 from .. import Gen4DError
 from .base import DTYPES, DiffusionGuidance, GuidanceConfig
 from .registry import load_pretrained
-from .video_sds import encode_pixels, encode_prompt, expand_embeddings
+from .prompts import encode_prompt, encode_prompt_pair
+from .video_sds import encode_pixels, expand_embeddings
 
 __all__ = [
     "ControlNetTileConfig",
@@ -214,10 +215,7 @@ class ControlNetTileGuidance(DiffusionGuidance):
     @torch.no_grad()
     def encode_prompts(self, prompts: str | Sequence[str], negative: str | Sequence[str] = "") -> tuple[Tensor, Tensor]:
         """(cond, uncond) embeddings; prompts may contain a loaded textual-inversion token."""
-        cond = encode_prompt(self.tokenizer, self.text_encoder, prompts)
-        if isinstance(negative, str):
-            negative = [negative] * cond.shape[0]
-        return cond, encode_prompt(self.tokenizer, self.text_encoder, negative)
+        return encode_prompt_pair(self.tokenizer, self.text_encoder, prompts, negative)
 
     def resize(self, images: Tensor) -> Tensor:
         r = self.config.resolution

@@ -55,6 +55,7 @@ from torch import Tensor
 from .. import Gen4DError
 from ..cameras import opengl_to_opencv
 from .base import DiffusionGuidance, GuidanceConfig
+from .prompts import encode_prompt
 from .registry import load_pretrained, missing_weights_error, offline, resolve
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -480,11 +481,7 @@ class MVDreamGuidance(DiffusionGuidance):
     @torch.no_grad()
     def encode_text(self, prompts: list[str] | str) -> Tensor:
         """Prompts -> text embeddings ``[P, 77, D]`` (SD 2.x: last hidden state of the truncated tower)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        return encode_prompt(self.tokenizer, self.text_encoder, prompts)
 
     def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``[N, 3, H, W]`` in [0, 1] -> latents (differentiable w.r.t. the images)."""

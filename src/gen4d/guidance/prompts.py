@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,30 @@ def view_direction_index(azimuth_deg, elevation_deg) -> Tensor:
 def view_prompt(prompt: str, direction: str) -> str:
     """``"{prompt}, {direction} view"``."""
     return f"{prompt}, {direction} view"
+
+
+def encode_prompt(tokenizer, text_encoder, prompts: str | Sequence[str]) -> Tensor:
+    """CLIP text embeddings ``[N, L, D]`` (last hidden state, padded to the tokenizer's max length)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    with torch.no_grad():
+        return text_encoder(tokens.input_ids.to(device))[0]
+
+
+def encode_prompt_pair(tokenizer, text_encoder, prompts: str | Sequence[str], negative: str | Sequence[str] = "") -> tuple[Tensor, Tensor]:
+    """(cond, uncond) embeddings for the prompts and the negative prompt(s) (one negative is repeated)."""
+    cond = encode_prompt(tokenizer, text_encoder, prompts)
+    if isinstance(negative, str):
+        negative = [negative] * cond.shape[0]
+    return cond, encode_prompt(tokenizer, text_encoder, negative)
 
 
 @dataclass
@@ -165,10 +190,7 @@ class PromptEncoder:
     # -- encoding -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> Tensor:
-        tok = self.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        te = self.text_encoder
-        return te(ids.to(te.device))[0].float().cpu()
+        return encode_prompt(self.tokenizer, self.text_encoder, prompts).float().cpu()
 
     def encode(self, prompts: list[str] | str) -> Tensor:
         """``[B, L, D]`` float32 embeddings on ``self.device``, from the cache where possible."""

@@ -29,24 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DTYPES, DiffusionGuidance, GuidanceConfig
+from .prompts import encode_prompt_pair
 from .registry import load_pretrained
 from .sds import TimestepSchedule
-
-
-def encode_prompt(tokenizer, text_encoder, prompts: str | Sequence[str]) -> Tensor:
-    """CLIP text embeddings ``[N, L, D]`` (last hidden state, padded to the tokenizer's max length)."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    tokens = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    device = next(text_encoder.parameters()).device
-    with torch.no_grad():
-        return text_encoder(tokens.input_ids.to(device))[0]
 
 
 def expand_embeddings(emb: Tensor, batch: int) -> Tensor:
@@ -137,10 +122,7 @@ class VideoSDSGuidance(DiffusionGuidance):
         """(cond, uncond) embeddings for the prompts and the negative prompt(s)."""
         if self.text_encoder is None:
             raise RuntimeError("this guidance was built without its text encoder (load_text_encoder=False)")
-        cond = encode_prompt(self.tokenizer, self.text_encoder, prompts)
-        if isinstance(negative, str):
-            negative = [negative] * cond.shape[0]
-        return cond, encode_prompt(self.tokenizer, self.text_encoder, negative)
+        return encode_prompt_pair(self.tokenizer, self.text_encoder, prompts, negative)
 
     def select_grad_frames(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
         """Frames encoded with a gradient this call (sorted)."""
