@@ -312,9 +312,7 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
         device=str(device),
     )
     run.write_metrics(metrics)
-    written = export_scene(
-        scene, run.exports, cfg.export, train.background, default_frames=len(data.groups), default_radius=cam_dist, quiet=quiet,
-    )
+    written = export_for(scene, run, cfg, train, quiet=quiet)
     metrics["exports"] = written
     metrics["wall_seconds"] = time.perf_counter() - t0
     run.write_metrics(metrics)
@@ -372,6 +370,11 @@ def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict
     scene = Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation, cfg.model.antialiased).to(device)
     background = "white" if cfg.background == "random" else cfg.background
     train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]
+    return export_for(scene, run, cfg, train, formats=formats, quiet=quiet)
+
+
+def export_for(scene: Scene4D, run: RunDir, cfg: ReconstructConfig, train: MultiViewVideo, formats: list[str] | None = None, quiet: bool = False) -> dict[str, list[str]]:
+    """Exports of a reconstruction: as many frames as distinct training times, orbit at the cameras' distance."""
     n_times = len(torch.unique(train.times))
     cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
     return export_scene(scene, run.exports, cfg.export, train.background, n_times, cam_dist, formats=formats, quiet=quiet)

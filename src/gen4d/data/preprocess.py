@@ -1,0 +1,359 @@
+"""Inputs of the image→4D and video→4D recipes: load, cut out, recentre and resize to a square RGBA canvas.
+
+What the loaders return
+-----------------------
+* :func:`load_image_rgba`: ``float32`` tensor ``[4, size, size]`` in ``[0, 1]``, RGBA with **straight**
+  (non-premultiplied) alpha; fully transparent pixels have RGB 0.
+* :func:`load_video_frames`: ``float32`` tensor ``[T, 4, size, size]``, the same per frame.
+
+Foreground
+----------
+``remove_background`` picks where the alpha channel comes from:
+
+* ``"auto"`` (default): an alpha channel that is not fully opaque (RGBA / LA PNG, WebP, palette images with a
+  transparent colour) is used as it is; otherwise the background is removed with ``rembg`` (optional dependency,
+  ``pip install rembg``; a missing rembg is a :class:`~gen4d.Gen4DError`).
+* ``True``: always run rembg, replacing any alpha channel the input has.
+* ``False``: never run rembg. A meaningful alpha channel is still used; an opaque input stays **fully opaque**:
+  there is no foreground to recentre on, so the largest centred square is cropped and resized to ``size``.
+
+Recentring
+----------
+The foreground box is the bounding box of the pixels with ``alpha > ALPHA_THRESHOLD`` (0.5: soft fringes and
+faint shadows do not inflate the box). The image is scaled so that the box's longer side becomes
+``size * (1 - border_ratio)`` pixels and translated so that the box's centre lands on the canvas centre. Nothing
+is cropped away: semi-transparent pixels outside the box keep their place in the border. Resampling is done on
+premultiplied colour in float (area averaging when shrinking, bicubic when enlarging), so colours of
+transparent pixels never bleed into the edges. With ``recenter=False`` an RGBA image is padded to a square with
+transparent pixels and resized as a whole.
+
+Videos use **one** box for all frames (the union of the per-frame foreground boxes), so the object's motion and
+size changes across frames are kept; per-frame boxes would cancel them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .. import Gen4DError
+from ..files import atomic_path
+
+__all__ = [
+    "ALPHA_THRESHOLD",
+    "IMAGE_SUFFIXES",
+    "load_image_rgba",
+    "load_video_frames",
+    "composite",
+    "save_rgba_png",
+    "natural_sort_key",
+]
+
+#: Pixels with alpha above this value (in ``[0, 1]``) define the foreground bounding box.
+ALPHA_THRESHOLD = 0.5
+
+#: File suffixes treated as still images (single images, and the frames of a frame folder).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+RemoveBackground = Union[bool, str]
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel coordinates (edges, not centres)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``frame_2`` < ``frame_10``; case-insensitive otherwise."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts if p != "")
+
+
+def _check_settings(size: int, border_ratio: float, remove_background: RemoveBackground) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise Gen4DError(f"size must be a positive integer, got {size!r}")
+    if not (0.0 <= float(border_ratio) < 1.0):
+        raise Gen4DError(f"border_ratio must be in [0, 1), got {border_ratio!r}")
+    if remove_background not in (True, False, "auto"):
+        raise Gen4DError(f"remove_background must be True, False or 'auto', got {remove_background!r}")
+
+
+def _read_image_file(path: Path) -> tuple[np.ndarray, bool]:
+    """Read one still image (the first frame of an animated one) as uint8 ``[H, W, 4]``.
+
+    Returns the array and whether the file carried a meaningful alpha channel (some pixel not fully opaque).
+    Files without alpha get alpha 255 everywhere. EXIF orientation is applied.
+    """
+    if not path.exists():
+        raise Gen4DError(f"image file not found: {path}")
+    if not path.is_file():
+        raise Gen4DError(f"not an image file: {path} is a folder")
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            has_alpha_channel = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+            img = ImageOps.exif_transpose(img)
+            if has_alpha_channel:
+                arr = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+            else:
+                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                arr = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    except UnidentifiedImageError:
+        raise Gen4DError(f"not an image: cannot read {path} as an image file") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
+        raise Gen4DError(f"not an image: cannot decode {path} ({exc})") from exc
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise Gen4DError(f"not an image: {path} has no pixels")
+    meaningful = bool(has_alpha_channel and arr[..., 3].min() < 255)
+    return np.ascontiguousarray(arr), meaningful
+
+
+_REMBG_SESSION = None
+
+
+def _remove_background(rgb: np.ndarray, source: str) -> np.ndarray:
+    """Cut out the foreground of uint8 RGB ``[H, W, 3]`` with rembg; returns uint8 RGBA ``[H, W, 4]``."""
+    global _REMBG_SESSION
+    try:
+        import rembg  # optional dependency
+    except ImportError:
+        raise Gen4DError(
+            f"{source} has no alpha channel and background removal needs rembg: pip install rembg "
+            "(or pass an RGBA image)"
+        ) from None
+    try:
+        if _REMBG_SESSION is None:
+            _REMBG_SESSION = rembg.new_session()
+        out = rembg.remove(Image.fromarray(np.ascontiguousarray(rgb[..., :3])), session=_REMBG_SESSION)
+        out = np.asarray(out.convert("RGBA") if isinstance(out, Image.Image) else out, dtype=np.uint8)
+    except Exception as exc:  # model download / runtime failures inside rembg and onnxruntime
+        raise Gen4DError(f"background removal failed for {source}: {exc}") from exc
+    if out.shape[:2] != rgb.shape[:2] or out.ndim != 3 or out.shape[2] != 4:
+        raise Gen4DError(f"background removal returned an unexpected shape {out.shape} for {source}")
+    # Keep the original colours; only the alpha comes from rembg.
+    return np.concatenate([rgb[..., :3], out[..., 3:4]], axis=-1)
+
+
+def _foreground_box(alpha: np.ndarray) -> Box | None:
+    """Bounding box (pixel edges) of ``alpha > ALPHA_THRESHOLD``; ``alpha`` is uint8 ``[H, W]``. None if empty."""
+    mask = alpha.astype(np.float32) > ALPHA_THRESHOLD * 255.0
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
+def _union(boxes: Sequence[Box | None]) -> Box | None:
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _recentre_region(box: Box, size: int, border_ratio: float) -> Box:
+    """Source region that maps onto the whole ``size x size`` canvas so that ``box`` is centred and its longer
+    side spans ``size * (1 - border_ratio)`` canvas pixels."""
+    x0, y0, x1, y1 = box
+    longer = max(x1 - x0, y1 - y0)
+    half = 0.5 * longer / (1.0 - border_ratio)  # half the canvas side, in source pixels
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+    return cx - half, cy - half, cx + half, cy + half
+
+
+def _square_region(height: int, width: int, fit: str) -> Box:
+    """Centred square: ``fit="crop"`` the largest one inside the image, ``"pad"`` the smallest one around it."""
+    side = min(height, width) if fit == "crop" else max(height, width)
+    cx, cy = 0.5 * width, 0.5 * height
+    return cx - 0.5 * side, cy - 0.5 * side, cx + 0.5 * side, cy + 0.5 * side
+
+
+def _resample(rgba: np.ndarray, region: Box, size: int) -> np.ndarray:
+    """Resample the source ``region`` of uint8 RGBA ``[H, W, 4]`` onto a ``size x size`` canvas.
+
+    Outside the image counts as transparent. Works on premultiplied float colour; returns straight-alpha float32
+    ``[size, size, 4]`` in ``[0, 1]`` (RGB 0 where alpha is 0).
+    """
+    height, width = rgba.shape[:2]
+    x0, y0, x1, y1 = region
+    # Pad with transparent pixels so the region lies inside the (padded) image; Pillow's ``box`` must.
+    pad_l = max(0, int(np.ceil(-x0)))
+    pad_t = max(0, int(np.ceil(-y0)))
+    pad_r = max(0, int(np.ceil(x1 - width)))
+    pad_b = max(0, int(np.ceil(y1 - height)))
+    src = rgba.astype(np.float32) / 255.0
+    src[..., :3] *= src[..., 3:4]  # premultiply
+    if pad_l or pad_t or pad_r or pad_b:
+        src = np.pad(src, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)))
+    box = (
+        min(max(x0 + pad_l, 0.0), float(src.shape[1])),
+        min(max(y0 + pad_t, 0.0), float(src.shape[0])),
+        min(max(x1 + pad_l, 0.0), float(src.shape[1])),
+        min(max(y1 + pad_t, 0.0), float(src.shape[0])),
+    )
+    shrinking = (box[2] - box[0]) >= size
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    out = np.empty((size, size, 4), np.float32)
+    for c in range(4):
+        channel = Image.fromarray(np.ascontiguousarray(src[..., c], dtype=np.float32))
+        out[..., c] = np.asarray(channel.resize((size, size), resample=resample, box=box), dtype=np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    alpha = out[..., 3:4]
+    covered = alpha > 1e-6
+    out[..., :3] = np.where(covered, out[..., :3] / np.maximum(alpha, 1e-6), 0.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    out[..., 3:4] = np.where(covered, alpha, 0.0)
+    return out
+
+
+def _to_chw(arr: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_image_rgba(
+    path: str | os.PathLike,
+    size: int = 256,
+    border_ratio: float = 0.2,
+    recenter: bool = True,
+    remove_background: RemoveBackground = "auto",
+) -> Tensor:
+    """Load the input image of an image→4D run as a float32 RGBA tensor ``[4, size, size]`` in ``[0, 1]``.
+
+    See the module docstring for how the foreground is found and recentred. Raises :class:`Gen4DError` for a
+    missing file, a file that is not an image, a missing rembg when it is needed, and an image without
+    foreground (``no foreground: ...``).
+    """
+    _check_settings(size, border_ratio, remove_background)
+    path = Path(path)
+    rgba, meaningful = _read_image_file(path)
+    if remove_background is True or (remove_background == "auto" and not meaningful):
+        rgba = _remove_background(rgba, str(path))
+        meaningful = True
+    if not meaningful:  # remove_background=False on an opaque image: keep it opaque, centre-crop to a square
+        return _to_chw(_resample(rgba, _square_region(*rgba.shape[:2], fit="crop"), size))
+    box = _foreground_box(rgba[..., 3])
+    if box is None:
+        raise Gen4DError(f"no foreground: {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})")
+    region = _recentre_region(box, size, border_ratio) if recenter else _square_region(*rgba.shape[:2], fit="pad")
+    return _to_chw(_resample(rgba, region, size))
+
+
+def _list_frame_files(folder: Path) -> list[Path]:
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: natural_sort_key(p.name))
+
+
+def load_video_frames(
+    path: str | os.PathLike,
+    size: int = 256,
+    border_ratio: float = 0.2,
+    max_frames: int | None = None,
+    stride: int = 1,
+    remove_background: RemoveBackground = "auto",
+) -> Tensor:
+    """Load the input video of a video→4D run as a float32 RGBA tensor ``[T, 4, size, size]`` in ``[0, 1]``.
+
+    ``path`` is a video file (MP4, WebM, GIF, ... decoded by :func:`gen4d.export.video.read_video`, which gives
+    RGB frames, so ``"auto"`` removes the background) or a folder of frames (``.png``, ``.jpg``, ``.webp``, ...;
+    sorted naturally, ``frame_2`` before ``frame_10``; hidden files ignored). Frames ``0, stride, 2*stride, ...``
+    are kept, at most ``max_frames`` of them. All frames share one crop box and scale (the union of their
+    foreground boxes). Raises :class:`Gen4DError` for a missing path, a folder without images, frames of
+    different sizes, fewer than 2 frames, and no foreground in any frame.
+    """
+    from ..export.video import read_video  # export depends on nothing here; imported lazily to keep data light
+
+    _check_settings(size, border_ratio, remove_background)
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise Gen4DError(f"stride must be a positive integer, got {stride!r}")
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 2
+    ):
+        raise Gen4DError(f"max_frames must be an integer >= 2 (or None), got {max_frames!r}")
+    path = Path(path)
+    if not path.exists():
+        raise Gen4DError(f"video not found: {path}")
+
+    meaningful = False
+    if path.is_dir():
+        files = _list_frame_files(path)
+        if not files:
+            raise Gen4DError(f"no images in folder {path} (expected frames named like frame_0001.png)")
+        files = files[::stride][:max_frames] if max_frames is not None else files[::stride]
+        frames: list[np.ndarray] = []
+        names: list[str] = []
+        for f in files:
+            arr, has_alpha = _read_image_file(f)
+            if frames and arr.shape != frames[0].shape:
+                raise Gen4DError(
+                    f"frames of different sizes in {path}: {files[0].name} is {frames[0].shape[1]}x"
+                    f"{frames[0].shape[0]}, {f.name} is {arr.shape[1]}x{arr.shape[0]}"
+                )
+            frames.append(arr)
+            names.append(str(f))
+            meaningful = meaningful or has_alpha
+    else:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise Gen4DError(f"{path} is a single image; video→4D needs at least 2 frames (use image→4D instead)")
+        rgb = read_video(path)
+        rgb = rgb[::stride][:max_frames] if max_frames is not None else rgb[::stride]
+        opaque = np.full(rgb.shape[1:3] + (1,), 255, np.uint8)
+        frames = [np.concatenate([f, opaque], axis=-1) for f in rgb]
+        names = [f"{path} (frame {i * stride})" for i in range(len(frames))]
+    if len(frames) < 2:
+        raise Gen4DError(f"{path} has {len(frames)} frame(s) after stride/max_frames; video→4D needs at least 2 frames")
+
+    if remove_background is True or (remove_background == "auto" and not meaningful):
+        frames = [_remove_background(f, n) for f, n in zip(frames, names)]
+        meaningful = True
+    height, width = frames[0].shape[:2]
+    if not meaningful:  # remove_background=False on opaque frames: keep them opaque, centre-crop to a square
+        region = _square_region(height, width, fit="crop")
+    else:
+        box = _union([_foreground_box(f[..., 3]) for f in frames])
+        if box is None:
+            raise Gen4DError(
+                f"no foreground: every frame of {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})"
+            )
+        region = _recentre_region(box, size, border_ratio)
+    out = torch.empty(len(frames), 4, size, size, dtype=torch.float32)
+    for i, f in enumerate(frames):
+        out[i] = _to_chw(_resample(f, region, size))
+    return out
+
+
+def composite(rgba: Tensor, background: Sequence[float] | Tensor = (1.0, 1.0, 1.0)) -> Tensor:
+    """Blend straight-alpha RGBA ``[..., 4, H, W]`` over a solid ``background`` colour; returns ``[..., 3, H, W]``."""
+    if rgba.ndim < 3 or rgba.shape[-3] != 4:
+        raise ValueError(f"rgba must be [..., 4, H, W], got {tuple(rgba.shape)}")
+    bg = torch.as_tensor(background, dtype=rgba.dtype, device=rgba.device).reshape(-1)
+    if bg.numel() == 1:
+        bg = bg.expand(3)
+    if bg.numel() != 3:
+        raise ValueError(f"background must be 1 or 3 values, got {bg.numel()}")
+    alpha = rgba[..., 3:4, :, :]
+    return rgba[..., :3, :, :] * alpha + bg.reshape(3, 1, 1) * (1.0 - alpha)
+
+
+def save_rgba_png(path: str | os.PathLike, rgba: Tensor | np.ndarray) -> None:
+    """Write float RGBA ``[4, H, W]`` in ``[0, 1]`` (straight alpha) as an 8-bit RGBA PNG, atomically."""
+    arr = rgba.detach().cpu().float().numpy() if isinstance(rgba, Tensor) else np.asarray(rgba, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[0] != 4:
+        raise ValueError(f"rgba must be [4, H, W], got {arr.shape}")
+    img = np.clip(np.round(arr.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
