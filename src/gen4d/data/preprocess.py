@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -49,11 +49,11 @@ from ..files import atomic_path
 __all__ = [
     "ALPHA_THRESHOLD",
     "IMAGE_SUFFIXES",
+    "composite",
     "load_image_rgba",
     "load_video_frames",
-    "composite",
-    "save_rgba_png",
     "natural_sort_key",
+    "save_rgba_png",
 ]
 
 #: Pixels with alpha above this value (in ``[0, 1]``) define the foreground bounding box.
@@ -62,7 +62,7 @@ ALPHA_THRESHOLD = 0.5
 #: File suffixes treated as still images (single images, and the frames of a frame folder).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
-RemoveBackground = Union[bool, str]
+RemoveBackground = bool | str
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel coordinates (edges, not centres)
 
 
@@ -72,8 +72,9 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel co
 
 def natural_sort_key(name: str) -> tuple:
     """Sort key that orders digit runs by value: ``frame_2`` < ``frame_10``; case-insensitive otherwise."""
-    parts = re.split(r"(\d+)", name)
-    return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts if p != "")
+    parts = [p for p in re.split(r"(\d+)", name) if p != ""]
+    # Numbers before text at the same position; ties (frame_01 vs frame_1, Frame vs frame) broken by the raw name.
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts), name
 
 
 def _check_settings(size: int, border_ratio: float, remove_background: RemoveBackground) -> None:
@@ -275,7 +276,8 @@ def load_video_frames(
     foreground boxes). Raises :class:`Gen4DError` for a missing path, a folder without images, frames of
     different sizes, fewer than 2 frames, and no foreground in any frame.
     """
-    from ..export.video import read_video  # export depends on nothing here; imported lazily to keep data light
+    # Imported here: only video files need the ffmpeg reader.
+    from ..export.video import read_video
 
     _check_settings(size, border_ratio, remove_background)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
