@@ -29,12 +29,12 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.epilog = "Any other argument key=value overrides a configuration field, e.g. train.batch_size=4."
 
 
-def _base(args) -> dict:
+def _base(args, iterations_key: str | None = "train") -> dict:
     base: dict = {}
-    if args.iters is not None:
+    if args.iters is not None and iterations_key is not None:
         if args.iters < 1:
             raise Gen4DError(f"--iters must be at least 1, got {args.iters}")
-        base.setdefault("train", {})["iterations"] = args.iters
+        base.setdefault(iterations_key, {})["iterations"] = args.iters
     if args.seed is not None:
         base["seed"] = args.seed
     if args.device is not None:
@@ -88,6 +88,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_dg4d(args) -> int:
+    from .recipes.dg4d import build_config, run_dg4d
+
+    base = _base(args, iterations_key=None)
+    base["input"] = str(Path(args.input).resolve())
+    base["mode"] = args.command
+    if getattr(args, "driving_video", None):
+        base.setdefault("driving", {})["path"] = str(Path(args.driving_video).resolve())
+    if args.iters is not None:  # split like the seeds: equal static and dynamic steps
+        base["static"] = {"iterations": max(1, args.iters // 2)}
+        base["dynamic"] = {"iterations": max(1, args.iters - args.iters // 2)}
+    cfg = build_config(args.preset, args.overrides, base)
+    metrics = run_dg4d(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
+    out = Path(args.out)
+    print(f"done  {metrics['num_gaussians']} Gaussians  {metrics['driving_frames']} frames  {metrics['seconds']:.0f} s")
+    print(f"  run directory   {out}")
+    for fmt, paths in metrics["exports"].items():
+        print(f"  export {fmt:<8} {paths[0] if len(paths) == 1 else f'{Path(paths[0]).parent}/ ({len(paths)} files)'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .recipes.reconstruct import export_run
 
@@ -117,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="D-NeRF scene folder (transforms_train.json, transforms_test.json, images)")
     _add_common(p, "default")
     p.set_defaults(func=cmd_reconstruct, overrides_allowed=True)
+
+    p = sub.add_parser("image", help="image -> 4D (DreamGaussian4D): driving video, static and dynamic Gaussians, exports")
+    p.add_argument("input", help="an image (RGBA as is; RGB needs rembg for background removal)")
+    _add_common(p, "default")
+    p.add_argument("--recipe", default="dg4d", choices=["dg4d"], help="image-to-4D recipe")
+    p.add_argument("--driving-video", default=None, help="a video or folder of frames to use instead of generating one")
+    p.set_defaults(func=cmd_dg4d, overrides_allowed=True)
+
+    p = sub.add_parser("video", help="monocular video -> 4D (DreamGaussian4D): first frame -> static, then dynamic")
+    p.add_argument("input", help="a video file (.mp4, .gif, ...) or a folder of frames")
+    _add_common(p, "default")
+    p.set_defaults(func=cmd_dg4d, overrides_allowed=True)
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import Tensor
 
+from .. import Gen4DError
 from ..eval.metrics import ssim
 from ..files import atomic_path
 from .scene import Scene4D
@@ -95,3 +97,29 @@ def to_uint8(images: Tensor) -> np.ndarray:
 def save_png(path: Path, image: Tensor) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+
+
+def merge_config(schema, presets: dict[str, list[str]], preset: str, overrides: list[str], base: dict | None = None):
+    """Dataclass defaults <- named preset <- ``base`` (CLI flags) <- ``key=value`` overrides; errors name the key."""
+    if preset not in presets:
+        raise Gen4DError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
+    try:
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(schema), OmegaConf.from_dotlist(presets[preset]), OmegaConf.create(base or {}),
+            OmegaConf.from_dotlist(overrides),
+        )
+    except Exception as e:  # omegaconf raises several types; all mean a bad key or value
+        raise Gen4DError(f"bad configuration override: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_object(cfg)
+
+
+def config_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Gen4DError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)

@@ -27,7 +27,10 @@ from ..fields.deformation import DeformationConfig, DeformationField
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..runs import RunDir
-from .common import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers, photometric_loss, save_png
+from .common import (
+    LearningRates, config_yaml, deformation_optimizer, exp_decay, gaussian_optimizers, merge_config, photometric_loss,
+    resolve_device, save_png,
+)
 from .exporting import ExportConfig, export_scene
 from .loop import Stage, run_stages
 from .scene import Scene4D
@@ -135,26 +138,7 @@ DEMO_SCENE = dict(resolution=64, train_views=12, train_times=16, test_views=8)
 
 def build_config(preset: str, overrides: list[str], base: dict | None = None) -> ReconstructConfig:
     """Defaults <- preset <- ``base`` (e.g. CLI flags) <- ``key=value`` overrides; errors name the bad key."""
-    if preset not in PRESETS:
-        raise Gen4DError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    schema = OmegaConf.structured(ReconstructConfig)
-    try:
-        cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), OmegaConf.create(base or {}), OmegaConf.from_dotlist(overrides))
-    except Exception as e:  # omegaconf raises several types; all mean a bad key or value
-        raise Gen4DError(f"bad configuration override: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_object(cfg)
-
-
-def config_yaml(cfg) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Gen4DError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    return merge_config(ReconstructConfig, PRESETS, preset, overrides, base)
 
 
 class TrainingData:

@@ -1,0 +1,121 @@
+"""DreamGaussian4D recipe end to end with tiny models: exports, any frame count, stage resume, bad input."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gen4d.cli import main
+from gen4d.export.animated_glb import read_animated_glb
+from gen4d.export.video import read_video
+from gen4d.guidance import registry
+
+TINY = [
+    "--models", "tiny", "--quiet", "size=64", "static.iterations=4", "dynamic.iterations=4", "sds.views=1",
+    "static.resolution_start=64", "static.resolution_end=64", "dynamic.resolution_start=64",
+    "dynamic.resolution_end=64", "init_points=300", "checkpoint_every=2", "preview_every=2",
+    "export.mesh_resolution=24", "export.video_size=32", "export.video_frames=3", "export.mesh_threshold=0.05",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_model_set():
+    before = registry.model_set()
+    yield
+    registry.set_model_set(before)
+
+
+def disc(cx: float, cy: float, size: int = 48, r: int = 10, alpha: bool = True) -> Image.Image:
+    y, x = np.mgrid[:size, :size]
+    inside = (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, (x * 5).astype(np.uint8), 80
+    a = (inside * 255).astype(np.uint8) if alpha else np.zeros((size, size), np.uint8)
+    return Image.fromarray(np.dstack([rgb, a]), "RGBA")
+
+
+def frames_dir(root: Path, count: int, alpha: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        disc(16 + 16 * i / max(count - 1, 1), 24, alpha=alpha).save(root / f"frame_{i}.png")
+    return root
+
+
+def test_image_to_4d_with_a_driving_video_writes_every_export(tmp_path):
+    image = tmp_path / "image.png"
+    disc(24, 24).save(image)
+    out = tmp_path / "run"
+    assert main(["image", str(image), "--out", str(out), "--driving-video", str(frames_dir(tmp_path / "frames", 8)), *TINY]) == 0
+    ex = out / "exports"
+    assert len(list((ex / "ply").glob("*.ply"))) == 8
+    assert len(list((ex / "mesh").glob("*.obj"))) == 8
+    glb = read_animated_glb(ex / "animated.glb")
+    assert len(glb.targets) == 7  # frame 0 is the base mesh, one morph target per other frame
+    assert read_video(ex / "orbit.mp4").shape[0] == 3
+    assert len(list((out / "stages" / "driving" / "frames").glob("*.png"))) == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["driving_frames"] == 8 and metrics["iterations"] == 8
+
+
+@pytest.mark.parametrize("T", [14, 25])
+def test_any_driving_frame_count(tmp_path, T):
+    image = tmp_path / "image.png"
+    disc(24, 24).save(image)
+    out = tmp_path / "run"
+    code = main(["image", str(image), "--out", str(out), "--driving-video", str(frames_dir(tmp_path / "frames", T)), *TINY, "export.formats=[ply]"])
+    assert code == 0
+    assert len(list((out / "exports" / "ply").glob("*.ply"))) == T
+
+
+def test_driving_video_generated_by_svd_and_video_mode(tmp_path):
+    image = tmp_path / "image.png"
+    disc(24, 24).save(image)
+    out = tmp_path / "svd"
+    args = ["driving.alpha=reference", "driving.height=64", "driving.width=64", "driving.steps=2", "driving.num_frames=5", "export.formats=[ply]"]
+    assert main(["image", str(image), "--out", str(out), *TINY, *args]) == 0
+    assert (out / "stages" / "driving" / "generated.mp4").exists()
+    assert len(list((out / "exports" / "ply").glob("*.ply"))) == 5
+    out = tmp_path / "video"
+    assert main(["video", str(frames_dir(tmp_path / "frames", 8)), "--out", str(out), *TINY, "export.formats=[ply]"]) == 0
+    assert len(list((out / "exports" / "ply").glob("*.ply"))) == 8
+
+
+def test_rerun_after_an_interruption_does_not_redo_the_static_stage(tmp_path):
+    from gen4d.recipes.dg4d import build_config, run_dg4d
+
+    image = tmp_path / "image.png"
+    disc(24, 24).save(image)
+    registry.set_model_set("tiny")
+    overrides = [a for a in TINY if "=" in a] + ["export.formats=[ply]"]
+    cfg = build_config("default", overrides, {"input": str(image), "driving": {"path": str(frames_dir(tmp_path / "frames", 8))}})
+    out = tmp_path / "run"
+    assert run_dg4d(cfg, out, quiet=True, stop_after_step=6) == {}  # stopped at dynamic step 2 of 4
+    static_ckpt = out / "stages" / "static" / "checkpoint.safetensors"
+    digest = hashlib.sha256(static_ckpt.read_bytes()).hexdigest()
+    assert json.loads((out / "stages" / "static" / "state.json").read_text())["complete"]
+    metrics = run_dg4d(cfg, out, quiet=True)
+    assert metrics["iterations"] == 8
+    assert hashlib.sha256(static_ckpt.read_bytes()).hexdigest() == digest
+    log = (out / "log.txt").read_text()
+    assert log.count("stage static: starting") == 1 and "stage dynamic: resuming at step 2" in log
+
+
+@pytest.mark.parametrize("case, pattern", [("not_image", "not an image"), ("one_frame", "at least 2 frames"), ("no_foreground", "foreground")])
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, case, pattern):
+    if case == "not_image":
+        path = tmp_path / "image.png"
+        path.write_text("this is text")
+        cmd = ["image", str(path)]
+    elif case == "one_frame":
+        cmd = ["video", str(frames_dir(tmp_path / "frames", 1))]
+    else:
+        cmd = ["video", str(frames_dir(tmp_path / "frames", 4, alpha=False))]
+    out = tmp_path / "run"
+    assert main([*cmd, "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert pattern in err, err
+    assert not out.exists()
