@@ -33,6 +33,7 @@ from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..guidance.sds import TimestepSchedule
 from ..runs import RunDir
+from ..sh import sh_degree_from_bases
 from .common import LearningRates, config_yaml, deformation_optimizer, exp_decay, gaussian_optimizers, merge_config, resolve_device, save_png
 from .exporting import ExportConfig, export_scene
 from .loop import Stage, run_stages
@@ -104,6 +105,8 @@ class StageSettings:
     """Render resolution of the random views at the start of the stage."""
     resolution_end: int = 512
     """Render resolution at the end (a linear ramp, rounded to multiples of 16)."""
+    train_gaussians: bool = True
+    """Also optimise the Gaussians (in the dynamic stage: False trains the deformation field alone)."""
 
 
 @dataclass
@@ -130,6 +133,9 @@ class DG4DConfig:
     """Gaussians at initialisation, uniform in a ball of radius ``init_radius``."""
     init_radius: float = 0.5
     """Radius of the initial ball."""
+    static_ply: str = ""
+    """Start from these static Gaussians (a 3DGS PLY, e.g. from a feed-forward image-to-3D model) instead of
+    random ones; with ``static.iterations=0`` the static stage is skipped entirely."""
     driving: DrivingVideoConfig = field(default_factory=DrivingVideoConfig)
     sds: SDSConfig = field(default_factory=SDSConfig)
     static: StageSettings = field(default_factory=StageSettings)
@@ -160,6 +166,18 @@ def build_config(preset: str, overrides: list[str], base: dict | None = None) ->
 def _ramp(step: int, total: int, lo: int, hi: int) -> int:
     f = step / max(total - 1, 1)
     return max(16, int(round((lo + f * (hi - lo)) / 16)) * 16)
+
+
+def gaussians_from_ply(path: str) -> GaussianModel:
+    """Static Gaussians from a 3DGS PLY (INRIA layout), as trainable parameters."""
+    from ..export.ply import load_inria_ply
+
+    f = load_inria_ply(path)
+    params = {
+        "means": f.means, "quats": f.quats, "log_scales": torch.log(f.scales),
+        "opacity_logits": torch.logit(f.opacities.clamp(1e-6, 1 - 1e-6)), "sh0": f.sh[:, :1], "shN": f.sh[:, 1:],
+    }
+    return GaussianModel(params, f.sh_degree)
 
 
 def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -274,11 +292,14 @@ def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", qui
         save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
 
     def init_scene() -> Scene4D:
+        if cfg.static_ply:
+            return Scene4D(gaussians_from_ply(cfg.static_ply)).to(device)
         g = torch.Generator().manual_seed(cfg.seed)
         return Scene4D(GaussianModel.random_in_sphere(cfg.init_points, cfg.init_radius, 0, g)).to(device)
 
     def load_scene(tensors) -> Scene4D:
-        return Scene4D.from_tensors(tensors, 0, cfg.deformation).to(device)
+        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
+        return Scene4D.from_tensors(tensors, degree, cfg.deformation).to(device)
 
     def attach_field(scene: Scene4D) -> Scene4D:
         with torch.random.fork_rng(devices=[]):
@@ -299,11 +320,12 @@ def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", qui
     def dynamic_optimizers(scene: Scene4D):
         if not frame_refs:  # Zero123 conditioning for every driving frame, computed once per run
             frame_refs.extend(zero123.prepare_reference(ref_rgb[i].permute(2, 0, 1)[None], 0.0, 0.0, R) for i in range(n_frames))
-        opts = gaussian_optimizers(scene, lr, extent)
+        opts = gaussian_optimizers(scene, lr, extent) if cfg.dynamic.train_gaussians else {}
+        scene.gaussians.requires_grad_(cfg.dynamic.train_gaussians)
         opts["deformation"] = deformation_optimizer(scene, lr, extent)
         return opts
 
-    stages = [
+    stages = [] if n_static == 0 else [
         Stage(
             name="static", iterations=n_static, seed=cfg.seed * 1000 + 1,
             make_optimizers=lambda s: gaussian_optimizers(s, lr, extent),
@@ -312,11 +334,13 @@ def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", qui
             strategy=DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=int(0.6 * n_static)), 1.0),
             preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
         ),
+    ]
+    stages += [
         Stage(
             name="dynamic", iterations=n_dynamic, seed=cfg.seed * 1000 + 2, prepare=attach_field,
             make_optimizers=dynamic_optimizers,
             learning_rates=lambda step: {
-                "means": exp_decay(step, n_dynamic, lr.means, lr.means_final),
+                **({"means": exp_decay(step, n_dynamic, lr.means, lr.means_final)} if cfg.dynamic.train_gaussians else {}),
                 "deformation": [exp_decay(step, n_dynamic, lr.grid, lr.grid_final), exp_decay(step, n_dynamic, lr.mlp, lr.mlp_final)],
             },
             losses=stage_losses(cfg.dynamic, True, frame_refs),
