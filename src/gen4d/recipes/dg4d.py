@@ -28,7 +28,7 @@ from PIL import Image
 from .. import Gen4DError
 from ..cameras import Cameras, orbit_cameras
 from ..data.preprocess import composite, load_image_rgba, load_video_frames, save_rgba_png
-from ..fields.deformation import DeformationConfig, DeformationField
+from ..fields.deformation import DeformationConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..guidance.sds import TimestepSchedule
@@ -302,15 +302,7 @@ def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", qui
         return Scene4D.from_tensors(tensors, degree, cfg.deformation).to(device)
 
     def attach_field(scene: Scene4D) -> Scene4D:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            field_ = DeformationField(cfg.deformation)
-        means = scene.gaussians.params["means"].detach()
-        lo, hi = means.min(0).values, means.max(0).values
-        pad = 0.1 * (hi - lo).clamp_min(1e-3)
-        field_.set_bounds(lo - pad, hi + pad)
-        scene.deformation = field_.to(device)
-        return scene
+        return scene.attach_deformation(cfg.deformation, cfg.seed)
 
     extent = 1.0  # the object is normalised to the unit ball; learning rates are absolute
     lr = cfg.lr

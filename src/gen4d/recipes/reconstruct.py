@@ -23,7 +23,7 @@ from .. import Gen4DError
 from ..cameras import Cameras
 from ..data.dnerf import MultiViewVideo, read_dnerf_scene
 from ..eval.metrics import psnr, ssim
-from ..fields.deformation import DeformationConfig, DeformationField
+from ..fields.deformation import DeformationConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..runs import RunDir
@@ -234,15 +234,7 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
         return fn
 
     def attach_field(scene: Scene4D) -> Scene4D:
-        with torch.random.fork_rng(devices=[]):  # the field's random init must not depend on global RNG history
-            torch.manual_seed(cfg.seed)
-            field_ = DeformationField(cfg.deformation)
-        means = scene.gaussians.params["means"].detach()
-        lo, hi = means.min(0).values, means.max(0).values
-        pad = 0.1 * (hi - lo).clamp_min(1e-3)
-        field_.set_bounds(lo - pad, hi + pad)
-        scene.deformation = field_.to(device)
-        return scene
+        return scene.attach_deformation(cfg.deformation, cfg.seed)
 
     def gauss_lrs(total: int):
         return lambda step: {"means": exp_decay(step, total, lr.means * extent, lr.means_final * extent)}

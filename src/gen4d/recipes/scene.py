@@ -43,6 +43,20 @@ class Scene4D(nn.Module):
             deformation.load_state_dict(field_state)
         return cls(gaussians, deformation, antialiased)
 
+    def attach_deformation(self, config: DeformationConfig, seed: int, padding: float = 0.1) -> "Scene4D":
+        """Add a zero-initialised deformation field (the scene still renders exactly as before) whose normalisation
+        box is the Gaussians' bounding box padded by ``padding`` of its size. Its random feature-plane init is
+        seeded here, independent of the global RNG's history, so reruns and resumed runs agree."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            field = DeformationField(config)
+        means = self.gaussians.params["means"].detach()
+        lo, hi = means.min(0).values, means.max(0).values
+        pad = padding * (hi - lo).clamp_min(1e-3)
+        field.set_bounds(lo - pad, hi + pad)
+        self.deformation = field.to(means.device)
+        return self
+
     # ------------------------------------------------------------------ evaluation
     def frame_at(self, t: float | Tensor | None) -> GaussianFrame:
         """The activated Gaussians at time ``t`` in [0, 1] (canonical if ``t`` is None or there is no field)."""
