@@ -31,9 +31,9 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
 
 def _base(args, iterations_key: str | None = "train") -> dict:
     base: dict = {}
+    if args.iters is not None and args.iters < 1:
+        raise Gen4DError(f"--iters must be at least 1, got {args.iters}")
     if args.iters is not None and iterations_key is not None:
-        if args.iters < 1:
-            raise Gen4DError(f"--iters must be at least 1, got {args.iters}")
         base.setdefault(iterations_key, {})["iterations"] = args.iters
     if args.seed is not None:
         base["seed"] = args.seed
@@ -42,18 +42,23 @@ def _base(args, iterations_key: str | None = "train") -> dict:
     return base
 
 
-def _print_summary(out: Path, metrics: dict) -> None:
+def _print_summary(out: Path, metrics: dict, headline: str, evaluated: bool = True) -> None:
     from rich.console import Console
 
     console = Console(soft_wrap=True)  # long paths stay on one line, copy-pastable
-    console.print(f"[bold green]done[/bold green]  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
-                  f"{metrics['num_gaussians']} Gaussians  {metrics['iterations']} steps  {metrics['seconds']:.0f} s training")
+    console.print(f"[bold green]done[/bold green]  {headline}")
     console.print(f"  run directory   {out}")
     console.print(f"  metrics         {out / 'metrics.json'}")
-    console.print(f"  test renders    {out / 'eval' / 'test'}")
+    if evaluated:
+        console.print(f"  test renders    {out / 'eval' / 'test'}")
     for fmt, paths in metrics.get("exports", {}).items():
         where = paths[0] if len(paths) == 1 else f"{Path(paths[0]).parent}/ ({len(paths)} files)"
         console.print(f"  export {fmt:<8} {where}")
+
+
+def _quality(metrics: dict) -> str:
+    return (f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['num_gaussians']} Gaussians  "
+            f"{metrics['iterations']} steps  {metrics['seconds']:.0f} s training")
 
 
 def cmd_reconstruct(args) -> int:
@@ -63,7 +68,7 @@ def cmd_reconstruct(args) -> int:
     base["data"] = str(Path(args.data).resolve())
     cfg = build_config(args.preset, args.overrides, base)
     metrics = run_reconstruct(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
-    _print_summary(Path(args.out), metrics)
+    _print_summary(Path(args.out), metrics, _quality(metrics))
     return 0
 
 
@@ -84,7 +89,7 @@ def cmd_demo(args) -> int:
         print(f"synthesising the {args.scene!r} scene ({DEMO_SCENE['resolution']} px) into {data}")
         write_synthetic_scene(args.scene, data, **DEMO_SCENE)
     metrics = run_reconstruct(cfg, out, command=" ".join(sys.argv), quiet=args.quiet)
-    _print_summary(out, metrics)
+    _print_summary(out, metrics, _quality(metrics))
     return 0
 
 
@@ -101,11 +106,8 @@ def cmd_dg4d(args) -> int:
         base["dynamic"] = {"iterations": max(1, args.iters - args.iters // 2)}
     cfg = build_config(args.preset, args.overrides, base)
     metrics = run_dg4d(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
-    out = Path(args.out)
-    print(f"done  {metrics['num_gaussians']} Gaussians  {metrics['driving_frames']} frames  {metrics['seconds']:.0f} s")
-    print(f"  run directory   {out}")
-    for fmt, paths in metrics["exports"].items():
-        print(f"  export {fmt:<8} {paths[0] if len(paths) == 1 else f'{Path(paths[0]).parent}/ ({len(paths)} files)'}")
+    headline = f"{metrics['num_gaussians']} Gaussians  {metrics['driving_frames']} frames  {metrics['seconds']:.0f} s training"
+    _print_summary(Path(args.out), metrics, headline, evaluated=False)
     return 0
 
 
