@@ -99,3 +99,23 @@ def tiny_unet2d(**overrides):
     )
     kwargs.update(overrides)
     return UNet2DConditionModel(**kwargs)
+
+
+def save_latent_diffusion_stack(folder: Path, seed: int, pipeline: str, unet_class: str) -> None:
+    """Save the tiny VAE, text encoder + tokenizer and DDPM schedule beside an already saved ``unet/``, and the
+    ``model_index.json`` of ``pipeline`` (SD-style layout: scheduler, text_encoder, tokenizer, unet, vae)."""
+    torch.manual_seed(seed + 2)
+    tiny_vae().save_pretrained(folder / "vae")
+    save_text_components(folder, seed)
+    tiny_ddpm_scheduler().save_pretrained(folder / "scheduler")
+    write_model_index(
+        folder,
+        pipeline,
+        {
+            "scheduler": ("diffusers", "DDPMScheduler"),
+            "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "unet": ("diffusers", unet_class),
+            "vae": ("diffusers", "AutoencoderKL"),
+        },
+    )

@@ -15,13 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .components import (
-    save_text_components,
-    tiny_ddpm_scheduler,
-    tiny_vae,
-    tiny_unet2d,
-    write_model_index,
-)
+from .components import save_latent_diffusion_stack, tiny_unet2d
 
 
 def _unzero(module: torch.nn.Module, std: float, generator: torch.Generator) -> None:
@@ -46,19 +40,5 @@ def make_tiny_sd15_controlnet(folder: str | Path, seed: int = 0) -> Path:
     _unzero(controlnet.controlnet_down_blocks, 0.05, g)
     _unzero(controlnet.controlnet_mid_block, 0.05, g)
     controlnet.save_pretrained(folder / "controlnet")
-    torch.manual_seed(seed + 2)
-    tiny_vae().save_pretrained(folder / "vae")
-    save_text_components(folder, seed)
-    tiny_ddpm_scheduler().save_pretrained(folder / "scheduler")
-    write_model_index(
-        folder,
-        "StableDiffusionPipeline",
-        {
-            "scheduler": ("diffusers", "DDPMScheduler"),
-            "text_encoder": ("transformers", "CLIPTextModel"),
-            "tokenizer": ("transformers", "CLIPTokenizer"),
-            "unet": ("diffusers", "UNet2DConditionModel"),
-            "vae": ("diffusers", "AutoencoderKL"),
-        },
-    )
+    save_latent_diffusion_stack(folder, seed, "StableDiffusionPipeline", "UNet2DConditionModel")
     return folder

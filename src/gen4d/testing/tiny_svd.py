@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .components import write_model_index
+
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -81,13 +83,15 @@ def make_tiny_svd(folder: str | Path, seed: int = 0) -> Path:
         "rescale_factor": 0.00392156862745098,
         "size": {"shortest_edge": 224},
     }, indent=2))
-    index = {
-        "_class_name": "StableVideoDiffusionPipeline",
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
-        "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(
+        folder,
+        "StableVideoDiffusionPipeline",
+        {
+            "feature_extractor": ("transformers", "CLIPImageProcessor"),
+            "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+            "scheduler": ("diffusers", "EulerDiscreteScheduler"),
+            "unet": ("diffusers", "UNetSpatioTemporalConditionModel"),
+            "vae": ("diffusers", "AutoencoderKLTemporalDecoder"),
+        },
+    )
     return folder

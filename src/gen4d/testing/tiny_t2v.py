@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .components import TINY_TEXT_DIM, save_text_components, tiny_ddpm_scheduler, tiny_vae, write_model_index
+from .components import TINY_TEXT_DIM, save_latent_diffusion_stack
 
 def make_tiny_t2v(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny random text-to-video model to ``folder`` (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
@@ -33,19 +33,5 @@ def make_tiny_t2v(folder: str | Path, seed: int = 0) -> Path:
         attention_head_dim=8,
     )
     unet.save_pretrained(folder / "unet")
-    torch.manual_seed(seed + 2)
-    tiny_vae().save_pretrained(folder / "vae")
-    save_text_components(folder, seed)
-    tiny_ddpm_scheduler().save_pretrained(folder / "scheduler")
-    write_model_index(
-        folder,
-        "TextToVideoSDPipeline",
-        {
-            "scheduler": ("diffusers", "DDPMScheduler"),
-            "text_encoder": ("transformers", "CLIPTextModel"),
-            "tokenizer": ("transformers", "CLIPTokenizer"),
-            "unet": ("diffusers", "UNet3DConditionModel"),
-            "vae": ("diffusers", "AutoencoderKL"),
-        },
-    )
+    save_latent_diffusion_stack(folder, seed, "TextToVideoSDPipeline", "UNet3DConditionModel")
     return folder

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .components import tiny_unet2d, tiny_vae
+from .components import tiny_unet2d, tiny_vae, write_model_index
 
 
 def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) -> Path:
@@ -45,13 +44,15 @@ def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) ->
     clip.save_pretrained(folder / "image_encoder")
     proj.save_pretrained(folder / "clip_camera_projection")
     scheduler.save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "Zero123Pipeline",
-        "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(
+        folder,
+        "Zero123Pipeline",
+        {
+            "clip_camera_projection": ("zero123", "CLIPCameraProjection"),
+            "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+            "scheduler": ("diffusers", "DDIMScheduler"),
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "vae": ("diffusers", "AutoencoderKL"),
+        },
+    )
     return folder
