@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import quat_to_rotmat
+from ..sh import eval_sh
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.999
@@ -113,8 +114,6 @@ def project_gaussians(
 
 def view_colors(colors: Tensor, means: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
     """Per-camera RGB ``[C, N, D]``: SH evaluated towards each camera, or the given colours broadcast."""
-    from ..sh import eval_sh
-
     C = viewmats.shape[0]
     if sh_degree is None:
         return colors.expand(C, *colors.shape[-2:]) if colors.dim() == 2 else colors
