@@ -26,7 +26,7 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--models", default=None, help="real | tiny: pretrained priors or tiny random ones (reconstruction uses none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.epilog = "Any other argument key=value overrides a configuration field, e.g. train.batch_size=4."
+    p.epilog = "Any other argument key=value overrides a configuration field; DIR/config.yaml of a run lists them all."
 
 
 def _base(args, iterations_key: str | None = "train") -> dict:
