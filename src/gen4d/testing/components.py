@@ -33,8 +33,8 @@ def tiny_text_encoder_config(hidden_size: int = TINY_TEXT_DIM, max_length: int =
     )
 
 
-def tiny_vae(sample_size: int = 64):
-    """AutoencoderKL with four encoder blocks (downsampling by 8, as in SD) and 8 channels everywhere."""
+def tiny_vae(sample_size: int = 64, block_out_channels: tuple[int, ...] = (8, 8, 8, 8)):
+    """AutoencoderKL with four encoder blocks (downsampling by 8, as in SD), 8 channels everywhere by default."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -42,7 +42,7 @@ def tiny_vae(sample_size: int = 64):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
+        block_out_channels=tuple(block_out_channels),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=4,
@@ -119,3 +119,12 @@ def save_latent_diffusion_stack(folder: Path, seed: int, pipeline: str, unet_cla
             "vae": ("diffusers", "AutoencoderKL"),
         },
     )
+
+
+def tiny_clip_vision(**overrides):
+    """A two-layer ``CLIPVisionModelWithProjection`` (width 32); keyword arguments override the config."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    kwargs = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+    kwargs.update(overrides)
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**kwargs))

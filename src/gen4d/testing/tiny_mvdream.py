@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .components import tiny_vae
 from .tokenizer import tiny_vocab, write_tiny_clip_tokenizer
 
 TINY_MVDREAM_UNET = {
@@ -43,7 +44,7 @@ def tiny_mvdream_unet(seed: int = 0):
 
 def make_tiny_mvdream(folder: str | Path, seed: int = 0, unet_layout: str = "diffusers") -> Path:
     """Write a tiny MVDream to ``folder`` (diffusers layout) and return the folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler
+    from diffusers import DDIMScheduler
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -69,18 +70,7 @@ def make_tiny_mvdream(folder: str | Path, seed: int = 0, unet_layout: str = "dif
         raise ValueError(f"unet_layout must be 'diffusers' or 'mvdream', got {unet_layout!r}")
 
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
+    vae = tiny_vae(block_out_channels=(8, 8, 16, 16))
     vae.save_pretrained(folder / "vae")
 
     vocab = tiny_vocab()

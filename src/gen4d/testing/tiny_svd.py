@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .components import write_model_index
+from .components import tiny_clip_vision, write_model_index
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -17,7 +17,6 @@ def make_tiny_svd(folder: str | Path, seed: int = 0) -> Path:
     """Save ``unet`` / ``vae`` / ``image_encoder`` / ``scheduler`` / ``feature_extractor`` / ``model_index.json``
     under ``folder``: VAE downsampling 8, CLIP image_size 224 (the size the pipeline resizes to), published scheduler."""
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,18 +45,7 @@ def make_tiny_svd(folder: str | Path, seed: int = 0) -> Path:
         sample_size=64,
         scaling_factor=0.18215,
     )
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=32,
-            projection_dim=32,
-            hidden_act="gelu",
-        )
-    )
+    clip = tiny_clip_vision(image_size=224, patch_size=32, hidden_act="gelu")
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         prediction_type="v_prediction", interpolation_type="linear", sigma_max=700.0, sigma_min=0.002,

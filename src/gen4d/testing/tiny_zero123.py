@@ -6,14 +6,13 @@ from pathlib import Path
 
 import torch
 
-from .components import tiny_unet2d, tiny_vae, write_model_index
+from .components import tiny_clip_vision, tiny_unet2d, tiny_vae, write_model_index
 
 
 def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) -> Path:
     """Save ``unet`` / ``vae`` / ``image_encoder`` / ``clip_camera_projection`` / ``scheduler`` / ``model_index.json``
     under ``folder`` (VAE downsampling 8, CLIP image_size 32, projection_dim ``embed_dim``); returns the folder."""
     from diffusers import DDIMScheduler
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from ..guidance.zero123 import CLIPCameraProjection
 
@@ -22,18 +21,7 @@ def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) ->
     torch.manual_seed(seed)
     unet = tiny_unet2d(sample_size=32, in_channels=8, cross_attention_dim=embed_dim, norm_num_groups=32)
     vae = tiny_vae(sample_size=256)
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=embed_dim,
-            hidden_act="quick_gelu",
-        )
-    )
+    clip = tiny_clip_vision(image_size=32, patch_size=8, projection_dim=embed_dim, hidden_act="quick_gelu")
     proj = CLIPCameraProjection(embedding_dim=embed_dim, additional_embeddings=4)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
