@@ -217,8 +217,15 @@ def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device
     return frames
 
 
-def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", quiet: bool = False, stop_after_step: int | None = None) -> dict:
-    """Image or video -> 4D Gaussians -> exports. Validates the input before touching ``out``."""
+def run_dg4d(
+    cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", quiet: bool = False, stop_after_step: int | None = None,
+    run: RunDir | None = None,
+) -> dict:
+    """Image or video -> 4D Gaussians -> exports. Validates the input before touching ``out``.
+
+    ``run``: an already prepared run directory (a recipe that chains this one, e.g. text -> video -> 4D, prepares
+    ``out`` with its own configuration); None prepares ``out`` with ``cfg``.
+    """
     from ..guidance.zero123 import Zero123Config, Zero123Guidance
 
     if cfg.mode not in ("image", "video"):
@@ -228,8 +235,9 @@ def run_dg4d(cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", qui
         reference = load_image_rgba(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)
     else:
         reference = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)[0]
-    run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    if run is None:
+        run = RunDir(out)
+        run.prepare(config_yaml(cfg), command)
     save_rgba_png(run.root / "input.png", reference)
     frames = driving_frames(cfg, run, reference, device).to(device)
     n_frames = len(frames)
