@@ -13,6 +13,8 @@ prior's own ``from_pretrained`` code, then timed at the seeds' batch and resolut
 
 Also prints the floor: the time the step's FLOPs (counted by ``torch.utils.flop_counter``) would take at the
 measured matrix throughput (a large matmul in the same precision timed on the same device).
+
+:func:`build` also writes Zero123-XL (``zero123-xl``) and SVD img2vid (``svd``), for ``bench_dg4d.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ def _save_text_stack(folder: Path, text_config: dict) -> None:
 
 def build(prior: str, root: Path) -> Path:
     """Write the published-size random model of ``prior`` under ``root`` (once) and return its folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        UNet2DConditionModel,
+        UNet3DConditionModel,
+    )
 
     folder = root / prior
     if (folder / "done").exists():
@@ -68,16 +76,29 @@ def build(prior: str, root: Path) -> Path:
         AutoencoderKL.from_config(_cfg("mvdream-sd21__vae")).save_pretrained(folder / "vae")
         _save_text_stack(folder, _cfg("sd21-base__text_encoder"))
         DDIMScheduler.from_config(_cfg("mvdream-sd21__scheduler")).save_pretrained(folder / "scheduler")
-    elif prior == "zero123":
+    elif prior in ("zero123", "zero123-xl"):
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         from gen4d.guidance.zero123 import CLIPCameraProjection
 
-        UNet2DConditionModel.from_config(_cfg("stable-zero123-ashawkey__unet")).save_pretrained(folder / "unet")
-        AutoencoderKL.from_config(_cfg("stable-zero123-ashawkey__vae")).save_pretrained(folder / "vae")
-        CLIPVisionModelWithProjection(CLIPVisionConfig(**_cfg("stable-zero123-ashawkey__image_encoder"))).save_pretrained(folder / "image_encoder")
-        CLIPCameraProjection(**_cfg("stable-zero123-ashawkey__clip_camera_projection")).save_pretrained(folder / "clip_camera_projection")
-        DDIMScheduler.from_config(_cfg("stable-zero123-ashawkey__scheduler")).save_pretrained(folder / "scheduler")
+        name = "stable-zero123-ashawkey" if prior == "zero123" else "zero123-xl-ashawkey"
+        UNet2DConditionModel.from_config(_cfg(f"{name}__unet")).save_pretrained(folder / "unet")
+        AutoencoderKL.from_config(_cfg(f"{name}__vae")).save_pretrained(folder / "vae")
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**_cfg(f"{name}__image_encoder"))).save_pretrained(folder / "image_encoder")
+        CLIPCameraProjection(**_cfg(f"{name}__clip_camera_projection")).save_pretrained(folder / "clip_camera_projection")
+        DDIMScheduler.from_config(_cfg(f"{name}__scheduler")).save_pretrained(folder / "scheduler")
+    elif prior == "svd":
+        from diffusers import (
+            AutoencoderKLTemporalDecoder,
+            EulerDiscreteScheduler,
+            UNetSpatioTemporalConditionModel,
+        )
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        UNetSpatioTemporalConditionModel.from_config(_cfg("svd-img2vid__unet")).save_pretrained(folder / "unet")
+        AutoencoderKLTemporalDecoder.from_config(_cfg("svd-img2vid__vae")).save_pretrained(folder / "vae")
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**_cfg("svd-img2vid__image_encoder"))).save_pretrained(folder / "image_encoder")
+        EulerDiscreteScheduler.from_config(_cfg("svd-img2vid__scheduler")).save_pretrained(folder / "scheduler")
     elif prior == "zeroscope":
         UNet3DConditionModel.from_config(_cfg("zeroscope-v2-576w__unet")).save_pretrained(folder / "unet")
         AutoencoderKL.from_config(_cfg("zeroscope-v2-576w__vae")).save_pretrained(folder / "vae")

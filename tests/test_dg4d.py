@@ -150,3 +150,21 @@ def test_static_gaussians_from_a_ply_and_a_frozen_dynamic_stage(tmp_path):
     # the field did train: some deformation parameter moved away from its zero initialisation
     heads = [v for k, v in final.items() if k.startswith("scene.deformation.") and "head.2.weight" in k]
     assert heads and any(float(h.abs().max()) > 0 for h in heads)
+
+
+def test_bench_script_small_run_writes_every_part(tmp_path):
+    """``bench/bench_dg4d.py --small``: the whole recipe metered part by part, on the CPU with tiny models."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_dg4d", Path(__file__).resolve().parents[1] / "bench" / "bench_dg4d.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "dg4d.json"
+    assert bench.main(["--small", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = {r["part"]: r for r in record["rows"]}
+    assert list(rows) == ["zero123 setup", "driving", "static", "dynamic", "refine", "exports", "other"]
+    assert all(rows[p]["seconds"] > 0 for p in rows)
+    assert sum(r["seconds"] for r in rows.values()) == pytest.approx(record["total_seconds"])
+    assert record["total_without_refine_seconds"] == pytest.approx(record["total_seconds"] - rows["refine"]["seconds"])
+    assert record["peak_gib"] is None and record["driving_frames"] == 4  # CPU: no CUDA peak; SVD made 4 frames

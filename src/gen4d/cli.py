@@ -2,7 +2,14 @@
 
     gen4d demo --out DIR                 synthetic multi-view 4D scene -> 4D Gaussians -> metrics + exports
     gen4d reconstruct DATA --out DIR     D-NeRF-format multi-view video -> 4D Gaussians -> metrics + exports
+    gen4d image IMAGE --out DIR          image -> 4D (DreamGaussian4D)
+    gen4d video VIDEO --out DIR          monocular video -> 4D (DreamGaussian4D)
+    gen4d text "PROMPT" --out DIR        text -> video (optionally with a motion LoRA) -> 4D
+    gen4d motion train VIDEO --out DIR   MotionDirector: learn a motion LoRA from reference video(s)
+    gen4d motion sample "PROMPT" --out DIR [--motion DIR]   text -> video with a learned motion
     gen4d export DIR --format glb|obj|ply|mp4   (re-)export a finished run
+    gen4d eval DIR --data C4D [--object NAME]   render a run at the Consistent4D cameras and score it
+    gen4d eval --renders PRED --data GT  score renders laid out as eval_<k>/<i>.png against ground truth
 
 Generating commands take ``--preset``, ``--iters``, ``--seed``, ``--device`` and ``key=value`` overrides of any
 configuration field (see ``DIR/config.yaml`` of a run for the full list). Rerunning a command with the same
@@ -111,6 +118,85 @@ def cmd_dg4d(args) -> int:
     return 0
 
 
+def cmd_text(args) -> int:
+    from .recipes.text2video4d import build_config, run_text2video4d
+
+    base: dict = {"video": {"prompt": args.prompt}}
+    if args.motion:
+        base["video"]["motion"] = str(Path(args.motion).resolve())
+    for key in ("seed", "device", "iters"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    cfg = build_config(args.preset, args.overrides, base)
+    metrics = run_text2video4d(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
+    headline = f"{metrics['num_gaussians']} Gaussians  {metrics['driving_frames']} frames  {metrics['seconds']:.0f} s training"
+    _print_summary(Path(args.out), metrics, headline, evaluated=False)
+    return 0
+
+
+def cmd_motion_train(args) -> int:
+    from .recipes.motion import build_config, run_motion_train
+
+    base = _base(args, iterations_key=None)
+    base["input"] = str(Path(args.input).resolve())
+    if args.prompt is not None:
+        base["prompt"] = args.prompt
+    if args.iters is not None:
+        base["steps"] = args.iters
+    cfg = build_config(args.preset, args.overrides, base)
+    metrics = run_motion_train(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
+    out = Path(args.out)
+    _print_summary(out, metrics, f"{metrics['steps']} steps  {metrics['seconds']:.0f} s training", evaluated=False)
+    print(f"  motion LoRA     {out / 'lora'}  (use it with: gen4d motion sample \"PROMPT\" --motion {out} --out OUT)")
+    return 0
+
+
+def cmd_motion_sample(args) -> int:
+    from .recipes.motion_sample import build_config, run_motion_sample
+
+    base = _base(args, iterations_key=None)
+    base["prompt"] = args.prompt
+    if args.motion:
+        base["motion"] = str(Path(args.motion).resolve())
+    if args.iters is not None:
+        base["steps"] = args.iters
+    cfg = build_config(args.preset, args.overrides, base)
+    metrics = run_motion_sample(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
+    out = Path(args.out)
+    _print_summary(out, metrics, f"{cfg.num_frames} frames at {cfg.width}x{cfg.height}, {cfg.steps} DDIM steps", evaluated=False)
+    print(f"  video           {out / 'video.mp4'}  ({out / 'video.gif'})")
+    return 0
+
+
+def _print_scores(scores: dict) -> None:
+    names = [m for m in ("psnr", "ssim", "lpips", "clip", "fvd") if m in scores]
+    print("  ".join(f"{m.upper()} {scores[m]:.4f}" for m in names))
+
+
+def cmd_eval(args) -> int:
+    from .recipes.evaluate import build_eval_config, run_eval, score_renders
+
+    base: dict = {"data": str(Path(args.data).resolve())}
+    if args.object:
+        base["object"] = args.object
+    if args.device:
+        base["device"] = args.device
+    cfg = build_eval_config(args.overrides, base)
+    if args.renders:
+        if args.dir:
+            raise Gen4DError("give either a run directory or --renders, not both")
+        scores = score_renders(args.renders, args.data, cfg)
+        _print_scores(scores.get("average", scores))
+        return 0
+    if not args.dir:
+        raise Gen4DError("give the run directory to evaluate (gen4d eval DIR --data C4D), or --renders PRED")
+    scores = run_eval(cfg, args.dir, quiet=args.quiet)
+    _print_scores(scores)
+    print(f"  renders         {scores['renders']}")
+    print(f"  metrics         {Path(args.dir) / 'eval' / 'metrics.json'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .recipes.reconstruct import export_run
 
@@ -124,6 +210,15 @@ def cmd_export(args) -> int:
     for fmt, paths in written.items():
         print(f"{fmt}: {paths[0] if len(paths) == 1 else f'{len(paths)} files in {Path(paths[0]).parent}'}")
     return 0
+
+
+def _silence_library_progress() -> None:
+    """--quiet: no progress bars from transformers / diffusers either (weight loading, shard writing)."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +248,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, "default")
     p.set_defaults(func=cmd_dg4d, overrides_allowed=True)
 
+    p = sub.add_parser("text", help="text -> 4D: text-to-video (optionally with a MotionDirector LoRA) -> DreamGaussian4D")
+    p.add_argument("prompt", help="what to generate, e.g. \"a corgi running\"")
+    _add_common(p, "default")
+    p.add_argument("--recipe", default="text2video4d", choices=["text2video4d"], help="text-to-4D recipe")
+    p.add_argument("--motion", default=None, help="a `gen4d motion train` run folder: generate the video with its motion")
+    p.set_defaults(func=cmd_text, overrides_allowed=True)
+
+    motion = sub.add_parser("motion", help="MotionDirector: learn a motion from videos, generate new videos with it")
+    msub = motion.add_subparsers(dest="motion_command", required=True)
+    p = msub.add_parser("train", help="train dual-path (spatial + temporal) LoRA on reference video(s)")
+    p.add_argument("input", help="a video, a folder of frames, a folder of videos (prompt in VIDEO.txt) or of images (preset appearance)")
+    p.add_argument("--prompt", default=None, help="what the video shows (else read from a .txt next to each video)")
+    _add_common(p, "default")
+    p.set_defaults(func=cmd_motion_train, overrides_allowed=True)
+    p = msub.add_parser("sample", help="text -> video with a learned motion (DDIM, optional inversion noise prior)")
+    p.add_argument("prompt", help="what to generate")
+    p.add_argument("--motion", default=None, help="a `gen4d motion train` run folder (its temporal LoRA); none: plain text-to-video")
+    _add_common(p, "default")
+    p.set_defaults(func=cmd_motion_sample, overrides_allowed=True)
+
+    p = sub.add_parser("eval", help="Consistent4D evaluation: PSNR, SSIM, LPIPS, CLIP similarity, FVD")
+    p.add_argument("dir", nargs="?", default=None, help="a finished run directory (e.g. of gen4d video)")
+    p.add_argument("--data", required=True, help="Consistent4D data: the dataset root, or one object's ground truth folder with --renders")
+    p.add_argument("--object", default=None, help="object name in the dataset (default: the run's input folder name)")
+    p.add_argument("--renders", default=None, help="score these renders (eval_<k>/<i>.png) instead of rendering a run")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--models", default=None, help="real | tiny: pretrained metric networks or tiny random ones")
+    p.add_argument("--quiet", action="store_true")
+    p.epilog = "key=value overrides set EvalConfig fields, e.g. metrics=psnr,ssim azimuths_deg=[-75,15,105,195]."
+    p.set_defaults(func=cmd_eval, overrides_allowed=True)
+
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
     p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | ply | mp4")
@@ -172,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
     args.overrides = extra
     try:
+        if getattr(args, "quiet", False):
+            _silence_library_progress()
         if getattr(args, "models", None):
             from .guidance.registry import set_model_set
 

@@ -17,6 +17,10 @@ Foreground
 * ``False``: never run rembg. A meaningful alpha channel is still used; an opaque input stays **fully opaque**:
   there is no foreground to recentre on, so the largest centred square is cropped and resized to ``size``.
 
+``segmenter`` picks what removes the background when it is removed: ``"rembg"`` (default; a learned salient-object
+model) or ``"plain"``, :func:`segment_plain_background`, a dependency-free cut-out for objects on a plain,
+near-uniform background (rendered or generated "on a white background" images, ``--models tiny`` runs).
+
 Recentring
 ----------
 The foreground box is the bounding box of the pixels with ``alpha > ALPHA_THRESHOLD`` (0.5: soft fringes and
@@ -49,11 +53,13 @@ from ..files import atomic_path
 __all__ = [
     "ALPHA_THRESHOLD",
     "IMAGE_SUFFIXES",
+    "SEGMENTERS",
     "composite",
     "load_image_rgba",
     "load_video_frames",
     "natural_sort_key",
     "save_rgba_png",
+    "segment_plain_background",
 ]
 
 #: Pixels with alpha above this value (in ``[0, 1]``) define the foreground bounding box.
@@ -77,7 +83,13 @@ def natural_sort_key(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts), name
 
 
-def _check_settings(size: int, border_ratio: float, remove_background: RemoveBackground) -> None:
+#: Background removers: rembg (optional dependency) | plain (:func:`segment_plain_background`, no dependency).
+SEGMENTERS = ("rembg", "plain")
+
+
+def _check_settings(size: int, border_ratio: float, remove_background: RemoveBackground, segmenter: str = "rembg") -> None:
+    if segmenter not in SEGMENTERS:
+        raise Gen4DError(f"segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise Gen4DError(f"size must be a positive integer, got {size!r}")
     if not (0.0 <= float(border_ratio) < 1.0):
@@ -140,6 +152,14 @@ def _remove_background(rgb: np.ndarray, source: str) -> np.ndarray:
         raise Gen4DError(f"background removal returned an unexpected shape {out.shape} for {source}")
     # Keep the original colours; only the alpha comes from rembg.
     return np.concatenate([rgb[..., :3], out[..., 3:4]], axis=-1)
+
+
+def _cut_out(rgba: np.ndarray, source: str, segmenter: str) -> np.ndarray:
+    """Replace the alpha of uint8 RGBA ``[H, W, 4]`` with the chosen segmenter's (see :data:`SEGMENTERS`)."""
+    if segmenter == "plain":
+        alpha = segment_plain_background(rgba[..., :3])
+        return np.concatenate([rgba[..., :3], np.round(alpha * 255.0).astype(np.uint8)[..., None]], axis=-1)
+    return _remove_background(rgba, source)
 
 
 def _foreground_box(alpha: np.ndarray) -> Box | None:
@@ -228,18 +248,19 @@ def load_image_rgba(
     border_ratio: float = 0.2,
     recenter: bool = True,
     remove_background: RemoveBackground = "auto",
+    segmenter: str = "rembg",
 ) -> Tensor:
     """Load the input image of an image→4D run as a float32 RGBA tensor ``[4, size, size]`` in ``[0, 1]``.
 
-    See the module docstring for how the foreground is found and recentred. Raises :class:`Gen4DError` for a
-    missing file, a file that is not an image, a missing rembg when it is needed, and an image without
-    foreground (``no foreground: ...``).
+    See the module docstring for how the foreground is found and recentred, and ``segmenter``. Raises
+    :class:`Gen4DError` for a missing file, a file that is not an image, a missing rembg when it is needed, and
+    an image without foreground (``no foreground: ...``).
     """
-    _check_settings(size, border_ratio, remove_background)
+    _check_settings(size, border_ratio, remove_background, segmenter)
     path = Path(path)
     rgba, meaningful = _read_image_file(path)
     if remove_background is True or (remove_background == "auto" and not meaningful):
-        rgba = _remove_background(rgba, str(path))
+        rgba = _cut_out(rgba, str(path), segmenter)
         meaningful = True
     if not meaningful:  # remove_background=False on an opaque image: keep it opaque, centre-crop to a square
         return _to_chw(_resample(rgba, _square_region(*rgba.shape[:2], fit="crop"), size))
@@ -266,6 +287,7 @@ def load_video_frames(
     max_frames: int | None = None,
     stride: int = 1,
     remove_background: RemoveBackground = "auto",
+    segmenter: str = "rembg",
 ) -> Tensor:
     """Load the input video of a video→4D run as a float32 RGBA tensor ``[T, 4, size, size]`` in ``[0, 1]``.
 
@@ -273,13 +295,14 @@ def load_video_frames(
     RGB frames, so ``"auto"`` removes the background) or a folder of frames (``.png``, ``.jpg``, ``.webp``, ...;
     sorted naturally, ``frame_2`` before ``frame_10``; hidden files ignored). Frames ``0, stride, 2*stride, ...``
     are kept, at most ``max_frames`` of them. All frames share one crop box and scale (the union of their
-    foreground boxes). Raises :class:`Gen4DError` for a missing path, a folder without images, frames of
-    different sizes, fewer than 2 frames, and no foreground in any frame.
+    foreground boxes). ``segmenter``: what removes the background (module docstring). Raises
+    :class:`Gen4DError` for a missing path, a folder without images, frames of different sizes, fewer than 2
+    frames, and no foreground in any frame.
     """
     # Imported here: only video files need the ffmpeg reader.
     from ..export.video import read_video
 
-    _check_settings(size, border_ratio, remove_background)
+    _check_settings(size, border_ratio, remove_background, segmenter)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise Gen4DError(f"stride must be a positive integer, got {stride!r}")
     if max_frames is not None and (
@@ -320,7 +343,7 @@ def load_video_frames(
         raise Gen4DError(f"{path} has {len(frames)} frame(s) after stride/max_frames; video→4D needs at least 2 frames")
 
     if remove_background is True or (remove_background == "auto" and not meaningful):
-        frames = [_remove_background(f, n) for f, n in zip(frames, names)]
+        frames = [_cut_out(f, n, segmenter) for f, n in zip(frames, names)]
         meaningful = True
     height, width = frames[0].shape[:2]
     if not meaningful:  # remove_background=False on opaque frames: keep them opaque, centre-crop to a square
@@ -359,3 +382,118 @@ def save_rgba_png(path: str | os.PathLike, rgba: Tensor | np.ndarray) -> None:
     img = np.clip(np.round(arr.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plain-background segmentation: a dependency-free fallback for rembg
+
+
+def _label_components(mask: np.ndarray, diagonal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of boolean ``mask [H, W]``: ``(labels int32 [H, W], sizes)``, label 0 = not in the
+    mask, ``sizes[k]`` = pixels of component ``k`` (``sizes[0] = 0``). ``diagonal``: 8- (else 4-) connectivity.
+
+    Works on horizontal runs (union-find over the runs of consecutive rows), so the Python loop is over runs, not
+    pixels: a few per row for an object on a plain background.
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    rows_s, cols_s = np.nonzero(edges == 1)  # run starts (inclusive), row-major order
+    _, cols_e = np.nonzero(edges == -1)  # run ends (exclusive), same order
+    n = len(rows_s)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    reach = 1 if diagonal else 0
+    row_start = np.searchsorted(rows_s, np.arange(h + 1))
+    for r in range(1, h):
+        j, j_end = row_start[r - 1], row_start[r]
+        for i in range(row_start[r], row_start[r + 1]):
+            s, e = cols_s[i], cols_e[i]
+            while j < j_end and cols_e[j] + reach <= s:  # previous-row runs entirely to the left
+                j += 1
+            k = j
+            while k < j_end and cols_s[k] < e + reach:  # overlapping (or diagonally touching) runs
+                a, b = find(i), find(k)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+                k += 1
+    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
+    _, compact = np.unique(roots, return_inverse=True)
+    compact = compact.astype(np.int32) + 1
+    lengths = cols_e - cols_s
+    sizes = np.zeros(compact.max() + 1 if n else 1, np.int64)
+    np.add.at(sizes, compact, lengths)
+    labels = np.zeros((h, w), np.int32)
+    for r, s, e, lab in zip(rows_s, cols_s, cols_e, compact):
+        labels[r, s:e] = lab
+    return labels, sizes
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of boolean ``mask [H, W]`` (all False when the mask is empty)."""
+    labels, sizes = _label_components(mask, diagonal=True)
+    if len(sizes) < 2:
+        return np.zeros_like(mask)
+    return labels == int(np.argmax(sizes))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` plus the background regions it encloses: 4-connected components of ``~mask`` (the complement of
+    an 8-connected object) that do not touch the image border."""
+    labels, _ = _label_components(~mask, diagonal=False)
+    touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return mask | ((labels > 0) & ~np.isin(labels, touching))
+
+
+def segment_plain_background(
+    rgb: np.ndarray,
+    low: float = 0.06,
+    high: float = 0.15,
+    border_fraction: float = 0.03,
+    fill_holes: bool = True,
+) -> np.ndarray:
+    """Alpha ``float32 [H, W]`` in [0, 1] of the object in uint8 RGB ``[H, W, 3]`` on a plain background.
+
+    1. background colour ``b``: the per-channel median of a frame of border pixels ``border_fraction`` of the
+       shorter side wide (at least 1 pixel): the object may touch the border, but not cover most of it;
+    2. distance ``d(x) = |rgb(x) - b|_2 / sqrt(3)`` in [0, 1] (colours in [0, 1]);
+    3. soft threshold ``a(x) = clip((d - lo) / (hi - lo), 0, 1)`` with ``lo = max(low, 3 m)``, ``hi = lo + high -
+       low``, ``m`` the median of ``d`` on the border (its noise: compression, gradients, grain);
+    4. the object is the largest 8-connected component of ``a >= 1/2``, with the background regions it encloses
+       filled (``fill_holes``; e.g. a white shirt on a white background); ``a`` is kept within one pixel of it
+       (soft edges), everything else is 0.
+
+    Meant for renders and for generated videos prompted "on a white background"; use rembg for photographs.
+    Returns zeros when nothing differs from the background (the loaders then report "no foreground").
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        raise ValueError(f"rgb must be [H, W, 3], got {rgb.shape}")
+    if not 0.0 <= low < high:
+        raise ValueError(f"need 0 <= low < high, got low={low}, high={high}")
+    x = rgb[..., :3].astype(np.float32) / 255.0
+    h, w = x.shape[:2]
+    b = max(1, round(border_fraction * min(h, w)))
+    ring = np.zeros((h, w), bool)
+    ring[:b, :] = ring[-b:, :] = ring[:, :b] = ring[:, -b:] = True
+    background = np.median(x[ring], axis=0)
+    d = np.linalg.norm(x - background, axis=-1) / np.sqrt(3.0)
+    lo = max(low, 3.0 * float(np.median(d[ring])))
+    hi = lo + (high - low)
+    soft = np.clip((d - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    obj = _largest_component(soft >= 0.5)
+    if not obj.any():
+        return np.zeros((h, w), np.float32)
+    if fill_holes:
+        filled = _fill_holes(obj)
+        soft = np.where(filled & ~obj, 1.0, soft).astype(np.float32)
+        obj = filled
+    near = torch.nn.functional.max_pool2d(torch.from_numpy(obj.astype(np.float32))[None, None], 3, stride=1, padding=1)[0, 0].numpy() > 0
+    return np.where(near, soft, 0.0).astype(np.float32)

@@ -71,7 +71,11 @@ class StableVideoDiffusion:
     """SVD img2vid: :meth:`generate_video` and :meth:`refine_video`, frames ``[T, 3, H, W]`` in [0, 1]."""
 
     def __init__(self, config: SVDConfig | None = None, device: torch.device | str | None = None):
-        from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+        from diffusers import (
+            AutoencoderKLTemporalDecoder,
+            EulerDiscreteScheduler,
+            UNetSpatioTemporalConditionModel,
+        )
         from transformers import CLIPVisionModelWithProjection
 
         self.config = config = config or SVDConfig()
@@ -85,7 +89,9 @@ class StableVideoDiffusion:
         for m in (self.unet, self.vae, self.image_encoder):
             m.eval()
             m.requires_grad_(False)
-            m.to(self.device, dtype=self.dtype) if self.dtype != torch.float32 else m.to(self.device)
+            # Always cast: transformers >= 5 loads in the dtype the config names (the published image encoder
+            # says float16), which would otherwise leave an fp16 encoder in an fp32 run.
+            m.to(self.device, dtype=self.dtype)
         if config.cpu_offload and self.device.type != "cpu":
             offload_between_calls(self.unet, self.device)
             offload_between_calls(self.vae, self.device, ("encode", "decode"))
@@ -135,7 +141,9 @@ class StableVideoDiffusion:
     @torch.no_grad()
     def _condition(self, image: Tensor, num_frames: int, height: int, width: int, fps: int, motion_bucket_id: int,
                    noise_aug_strength: float, generator: torch.Generator) -> _Cond:
-        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+            _resize_with_antialiasing,
+        )
 
         if image.dim() == 3:
             image = image[None]
@@ -239,7 +247,7 @@ class StableVideoDiffusion:
         self._check_size(H, W)
         g = torch.Generator("cpu").manual_seed(seed)
         z0 = self.encode_frames(frames, decode_chunk_size)[None]  # [1, T, 4, h, w]
-        n = min(int(round(strength * steps)), steps)
+        n = min(round(strength * steps), steps)
         if n == 0:
             return z0[0] if return_latents else self.decode_latents(z0[0], decode_chunk_size)
         cond = self._condition(image, T, H, W, fps, motion_bucket_id, noise_aug_strength, g)

@@ -8,7 +8,30 @@ Stages, chained in one resumable run directory:
   2. ``dynamic`` - a zero-initialised deformation field (the stage starts exactly at the static result) fitted
      to every driving frame at the reference camera, with Zero123 SDS at random views conditioned on the frame
      of the same time; time t = i / (T - 1) for frame i of any T;
+  3. ``refine`` (optional: ``refine.iterations > 0``) - appearance refinement against Stable Video Diffusion
+     partial-denoise ("SDEdit") targets, DreamGaussian4D's stage III (see below);
 then the exports (per-frame PLY and meshes, animated GLB, orbit video) at any frame count.
+
+Stage III: colours of the Gaussians, not a mesh texture
+-------------------------------------------------------
+DreamGaussian4D refines the UV texture of its exported meshes, rendered with nvdiffrast (not pip-installable).
+Here the same targets refine the Gaussians' colours (``sh0``, ``shN``) while means, scales, rotations,
+opacities and the deformation field stay frozen, before any export: every export (PLY, meshes, whose vertex
+colours are read from the Gaussians, animated GLB, video) then carries the refined appearance, the one
+differentiable renderer we already have (and its CPU/CUDA parity tests) is all it needs, and geometry cannot
+drift. Each round of ``refine.regenerate_every`` steps:
+
+    orbit clip   c_j: elevation 0, azimuth a0 + j * azimuth_step, time t_j = j / (F - 1), j = 0..F-1, a0 random
+                 (time runs during the orbit, as in DreamGaussian4D; F = refine.frames, any count);
+    targets      S = SVD.refine_video(render(c), image, strength): the renders' latents noised to the sigma of
+                 step (1 - strength) * steps and denoised for the remaining steps, conditioned on the reference
+                 image (video mode: the first frame); made once per round and kept as 8-bit frames in
+                 ``stages/refine/targets/round_<k>.safetensors``, so a resumed run reads them back;
+    loss         svd_weight * mean_j |render(c_j) - S_j|^2 + reference_weight * sum_i mean |render(ref, t_i) - I_i|^2
+
+with I_i the driving frames at the reference camera (DreamGaussian4D keeps the input view the same way). Plain
+MSE, as DreamGaussian4D. It makes a new target every step (50 SVD calls, most of its 3.5-minute stage III); a
+round of 10 steps per target keeps the kind of target for a tenth of the SVD work (``regenerate_every=1``: theirs).
 
 Conventions: the input camera looks at the origin from azimuth 0 deg, elevation 0 deg (``camera_radius`` away);
 random views take azimuths in [-180, 180) and elevations in ``[min_elevation, max_elevation]``.
@@ -24,17 +47,37 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
 
 from .. import Gen4DError
-from ..cameras import Cameras, orbit_cameras
-from ..data.preprocess import composite, load_image_rgba, load_video_frames, save_rgba_png
+from ..cameras import Cameras, frame_times, orbit_cameras
+from ..data.preprocess import (
+    composite,
+    load_image_rgba,
+    load_video_frames,
+    save_rgba_png,
+)
 from ..fields.deformation import DeformationConfig
+from ..files import atomic_path
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
+from ..guidance.base import DTYPES
 from ..guidance.sds import TimestepSchedule
 from ..runs import RunDir
 from ..sh import sh_degree_from_bases
-from .common import LearningRates, config_yaml, deformation_optimizer, exp_decay, gaussian_optimizers, merge_config, resolve_device, save_png
+from .common import (
+    LearningRates,
+    config_yaml,
+    deformation_optimizer,
+    exp_decay,
+    gaussian_optimizers,
+    merge_config,
+    resolve_device,
+    save_png,
+    to_uint8,
+)
 from .exporting import ExportConfig, export_scene
 from .loop import Stage, run_stages
 from .scene import Scene4D
@@ -65,6 +108,9 @@ class DrivingVideoConfig:
     alpha: str = "rembg"
     """Foreground masks of generated frames: rembg (background removal) | reference (the image's mask for every
     frame; no extra dependency, but the silhouette cannot move)."""
+    decode_chunk: int = 0
+    """Frames the VAE decodes at a time (here and in ``refine``); 0: all at once, as the diffusers pipeline does
+    (best temporal consistency); lower it to cut peak memory."""
 
 
 @dataclass
@@ -110,6 +156,37 @@ class StageSettings:
 
 
 @dataclass
+class RefineConfig:
+    """Stage III: the Gaussians' colours against SVD partial-denoise targets along an orbit (see the module doc).
+
+    SVD settings (model, sampling steps, motion bucket, fps, noise augmentation, decode chunk) are ``driving``'s.
+    """
+
+    iterations: int = 0
+    """Steps; 0 skips the stage (the default: DreamGaussian4D's refinement is an optional extra command). Its
+    default is 50 (``refine.iterations=50``)."""
+    regenerate_every: int = 10
+    """Steps per round of targets (a new orbit start, rendered with the current colours and refined by SVD).
+    1 is DreamGaussian4D's fresh target every step: ``iterations`` SVD calls instead of ``iterations / 10``."""
+    frames: int = 0
+    """Frames per SVD clip (any count); 0: as many as the driving video has (DreamGaussian4D: its 14)."""
+    azimuth_step: float = 10.0
+    """Degrees between consecutive clip frames (DreamGaussian4D's: 14 frames sweep 130 degrees)."""
+    resolution: int = 512
+    """Render and SVD resolution of the clip, a multiple of 8 (DreamGaussian4D's 512)."""
+    strength: float = 0.32
+    """Fraction of the ``driving.steps`` sampling steps re-run on the noised renders: 0.32 x 25 = the last 8, as
+    DreamGaussian4D's ``strength=0.7`` (which restarts its 25-step schedule at step int(0.7 x 25) = 17)."""
+    lr: float = 0.025
+    """Adam learning rate of ``sh0`` (``shN``: 1/20 of it). A DC colour is 0.5 + 0.282 sh0, so 50 steps can move a
+    colour by up to about 0.35 (the 0.01 of stages I-II would allow only 0.14)."""
+    svd_weight: float = 1.0
+    """Weight of the MSE between the clip's renders and their SVD targets."""
+    reference_weight: float = 1.0
+    """Weight of the reference-view colour MSE, summed over the driving frames (DreamGaussian4D's balance)."""
+
+
+@dataclass
 class DG4DConfig:
     """Everything ``gen4d image`` / ``gen4d video`` do; every field can be set as ``key=value``."""
 
@@ -125,6 +202,9 @@ class DG4DConfig:
     """Random seed."""
     device: str = "auto"
     """auto | cpu | cuda."""
+    precision: str = "auto"
+    """Weights and activations of Zero123 and SVD: auto (fp16 on CUDA, as DreamGaussian4D runs both; fp32 on the
+    CPU) | fp32 | fp16 | bf16."""
     camera_radius: float = 2.5
     """Distance of every camera from the origin."""
     fov_deg: float = 49.1
@@ -142,6 +222,7 @@ class DG4DConfig:
     dynamic: StageSettings = field(default_factory=lambda: StageSettings(iterations=500, resolution_start=256, resolution_end=256))
     lr: LearningRates = field(default_factory=lambda: LearningRates(means=1e-3 / 2.5, means_final=2e-5 / 2.5, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005))
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(refine_start=100, refine_every=50, grow_grad2d=0.0002, reset_opacity_every=0, max_gaussians=50_000))
+    refine: RefineConfig = field(default_factory=RefineConfig)
     deformation: DeformationConfig = field(default_factory=DeformationConfig)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(video_size=256))
     checkpoint_every: int = 100
@@ -154,8 +235,8 @@ PRESETS: dict[str, list[str]] = {
     "default": [],
     # Fewer views and steps: a quick look.
     "fast": ["static.iterations=250", "dynamic.iterations=250", "sds.views=2", "static.resolution_end=256"],
-    # Lower peak memory: one random view per step, lower render resolution.
-    "low-memory": ["sds.views=1", "static.resolution_end=256"],
+    # Lower peak memory: one random view per step, lower render resolution, SVD decoding 2 frames at a time.
+    "low-memory": ["sds.views=1", "static.resolution_end=256", "driving.decode_chunk=2"],
 }
 
 
@@ -165,7 +246,39 @@ def build_config(preset: str, overrides: list[str], base: dict | None = None) ->
 
 def _ramp(step: int, total: int, lo: int, hi: int) -> int:
     f = step / max(total - 1, 1)
-    return max(16, int(round((lo + f * (hi - lo)) / 16)) * 16)
+    return max(16, round((lo + f * (hi - lo)) / 16) * 16)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``precision`` -> fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 elsewhere, where fp16 kernels are slow or missing)."""
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name not in DTYPES:
+        raise Gen4DError(f"precision must be auto, {', '.join(DTYPES)}; got {name!r}")
+    return name
+
+
+def load_svd(cfg: DG4DConfig, device: torch.device):
+    """Stable Video Diffusion (``driving.model``) on ``device`` at the run's precision."""
+    from ..guidance.svd import StableVideoDiffusion, SVDConfig
+
+    return StableVideoDiffusion(SVDConfig(model=cfg.driving.model, precision=resolve_precision(cfg.precision, device)), device=device)
+
+
+def orbit_clip_cameras(start_azimuth: float, frames: int, size: int, radius: float, fov: float, azimuth_step: float) -> Cameras:
+    """The stage-III clip: ``frames`` cameras at elevation 0, azimuths ``start + j * azimuth_step`` (degrees) and
+    times ``j / (frames - 1)``, square ``size`` x ``size``; ``fov`` in radians."""
+    az = start_azimuth + azimuth_step * torch.arange(frames, dtype=torch.float64)
+    return orbit_cameras(az, 0.0, radius, fov, size, size, times=frame_times(frames).float())
+
+
+def _check_refine(r: RefineConfig) -> None:
+    if r.iterations < 0 or r.regenerate_every < 1 or r.frames < 0:
+        raise Gen4DError("refine.iterations and refine.frames must be >= 0 and refine.regenerate_every >= 1")
+    if r.resolution < 8 or r.resolution % 8:
+        raise Gen4DError(f"refine.resolution must be a positive multiple of 8 (SVD's latent grid), got {r.resolution}")
+    if not 0.0 <= r.strength <= 1.0:
+        raise Gen4DError(f"refine.strength must be in [0, 1], got {r.strength}")
 
 
 def gaussians_from_ply(path: str) -> GaussianModel:
@@ -181,12 +294,20 @@ def gaussians_from_ply(path: str) -> GaussianModel:
 
 
 def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``[T, 4, S, S]`` RGBA driving frames, made once and kept in ``stages/driving/frames``."""
+    """``[T, 4, S, S]`` RGBA driving frames, made once and kept in ``stages/driving/frames``; always read back from
+    there (already recentred), so a resumed run trains on exactly the 8-bit numbers a fresh run did."""
     folder = run.stage_dir("driving") / "frames"
     done = run.stage_dir("driving") / "done"
-    if done.exists():  # already recentred: read back as they are
-        paths = sorted(folder.glob("frame_*.png"))
-        return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1) for p in paths])
+    if not done.exists():
+        frames = _make_driving_frames(cfg, run, reference, device)
+        for i, f in enumerate(frames):
+            save_rgba_png(folder / f"frame_{i:04d}.png", f)
+        done.write_text(f"{len(frames)} frames\n")
+    paths = sorted(folder.glob("frame_*.png"))
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1) for p in paths])
+
+
+def _make_driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
     d = cfg.driving
     if cfg.mode == "video":
         frames = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)
@@ -194,12 +315,12 @@ def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device
         frames = load_video_frames(d.path, size=cfg.size, border_ratio=cfg.border_ratio)
     else:
         from ..export.video import write_video
-        from ..guidance.svd import StableVideoDiffusion, SVDConfig
 
-        svd = StableVideoDiffusion(SVDConfig(model=d.model), device=device)
+        svd = load_svd(cfg, device)
         video = svd.generate_video(
             composite(reference)[None].to(device), num_frames=d.num_frames, height=d.height, width=d.width, steps=d.steps,
             motion_bucket_id=d.motion_bucket_id, fps=d.fps, noise_aug_strength=d.noise_aug_strength, seed=cfg.seed,
+            decode_chunk_size=d.decode_chunk or None,
         )
         del svd
         raw = run.stage_dir("driving") / "generated.mp4"
@@ -211,9 +332,6 @@ def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device
             frames = load_video_frames(raw, size=cfg.size, border_ratio=cfg.border_ratio, remove_background=True)
         else:
             raise Gen4DError(f"driving.alpha must be rembg or reference, got {d.alpha!r}")
-    for i, f in enumerate(frames):
-        save_rgba_png(folder / f"frame_{i:04d}.png", f)
-    done.write_text(f"{len(frames)} frames\n")
     return frames
 
 
@@ -230,7 +348,9 @@ def run_dg4d(
 
     if cfg.mode not in ("image", "video"):
         raise Gen4DError(f"mode must be image or video, got {cfg.mode!r}")
+    _check_refine(cfg.refine)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if cfg.mode == "image":
         reference = load_image_rgba(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)
     else:
@@ -254,7 +374,7 @@ def run_dg4d(
 
     zero123 = Zero123Guidance(
         Zero123Config(
-            model=cfg.sds.model, guidance_scale=cfg.sds.guidance_scale,
+            model=cfg.sds.model, guidance_scale=cfg.sds.guidance_scale, precision=precision,
             timesteps=TimestepSchedule(min_start=cfg.sds.t_min, max_start=cfg.sds.t_max_start, min_end=cfg.sds.t_min, max_end=cfg.sds.t_max_end),
         ),
         device=device,
@@ -347,8 +467,69 @@ def run_dg4d(
             preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
         ),
     ]
+    rc = cfg.refine
+    clip_frames = rc.frames or n_frames
+    svd: list = []  # loaded on first use: a resume with every target on disk needs no SVD
+
+    def clip_targets(scene: Scene4D, k: int, start_azimuth: float | None) -> tuple[Cameras, Tensor]:
+        """Round ``k``'s clip cameras and ``[F, H, W, 3]`` targets: read from disk, or rendered and refined now."""
+        path = run.stage_dir("refine") / "targets" / f"round_{k:04d}.safetensors"
+        if not path.exists():
+            if start_azimuth is None:
+                raise Gen4DError(f"{path} is missing; delete {run.stage_dir('refine')} to restart the refinement")
+            cams = orbit_clip_cameras(start_azimuth, clip_frames, rc.resolution, R, fov, rc.azimuth_step).to(device)
+            with torch.no_grad():
+                renders = scene.render(cams, background=white).rgb.permute(0, 3, 1, 2)
+            if not svd:
+                svd.append(load_svd(cfg, device))
+            d = cfg.driving
+            refined = svd[0].refine_video(
+                renders, composite(reference)[None], rc.strength, steps=d.steps, motion_bucket_id=d.motion_bucket_id,
+                fps=d.fps, noise_aug_strength=d.noise_aug_strength, seed=cfg.seed * 1000 + k, decode_chunk_size=d.decode_chunk or None,
+            )
+            with atomic_path(path) as tmp:  # uint8, and always read back, so a resumed run sees the same numbers
+                save_file({"frames": torch.from_numpy(to_uint8(refined.permute(0, 2, 3, 1))).contiguous()}, str(tmp), metadata={"start_azimuth": repr(start_azimuth)})
+        with safe_open(str(path), framework="pt") as f:
+            start, targets = float(f.metadata()["start_azimuth"]), f.get_tensor("frames")
+        cams = orbit_clip_cameras(start, len(targets), targets.shape[1], R, fov, rc.azimuth_step).to(device)
+        return cams, targets.to(device).float() / 255.0
+
+    ref_cams = orbit_cameras([0.0] * n_frames, 0.0, R, fov, cfg.size, cfg.size, times=frame_times(n_frames).float()).to(device)
+    current: dict = {}
+
+    def refine_losses(scene: Scene4D, step: int, generator: torch.Generator):
+        k = step // rc.regenerate_every
+        if step % rc.regenerate_every == 0:  # drawn at every round start, cached or not, so resumed runs stay in step
+            start = float(torch.rand(1, generator=generator)) * 360.0 - 180.0
+            current.clear()
+            current[k] = clip_targets(scene, k, start)
+        elif k not in current:  # resumed inside a round
+            current.clear()
+            current[k] = clip_targets(scene, k, None)
+        cams, targets = current[k]
+        views = scene.render(cams, background=white)
+        terms = {"svd": rc.svd_weight * (views.rgb - targets).square().mean()}
+        if rc.reference_weight > 0:
+            ref = scene.render(ref_cams, background=white)
+            terms["rgb"] = rc.reference_weight * n_frames * (ref.rgb - ref_rgb).square().mean()
+        return terms, views.meta
+
+    def colour_optimizers(scene: Scene4D):
+        scene.requires_grad_(False)  # geometry, opacity and motion stay exactly as stage II left them
+        rates = dataclasses.replace(lr, sh0=rc.lr, shN=rc.lr / 20)
+        colours = ("sh0", "shN")
+        for name in colours:
+            scene.gaussians.params[name].requires_grad_(True)
+        return {name: opt for name, opt in gaussian_optimizers(scene, rates, extent).items() if name in colours}
+
+    if rc.iterations > 0:
+        stages.append(Stage(
+            name="refine", iterations=rc.iterations, seed=cfg.seed * 1000 + 3, make_optimizers=colour_optimizers,
+            losses=refine_losses, preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
+        ))
     scene, stats = run_stages(run, stages, init_scene, load_scene, quiet=quiet, stop_after_step=stop_after_step)
-    if not run.stage_complete("dynamic"):  # stopped on request (tests)
+    svd.clear()
+    if not run.stage_complete(stages[-1].name):  # stopped on request (tests)
         return {}
     scene.eval()
     written = export_scene(scene, run.exports, cfg.export, (1.0, 1.0, 1.0), default_frames=n_frames, default_radius=R, quiet=quiet)
@@ -356,7 +537,7 @@ def run_dg4d(
         "seconds": sum(s["seconds"] for s in stats.values()),
         "stages": stats,
         "num_gaussians": len(scene.gaussians),
-        "iterations": n_static + n_dynamic,
+        "iterations": n_static + n_dynamic + rc.iterations,
         "driving_frames": n_frames,
         "exports": written,
         "device": str(device),

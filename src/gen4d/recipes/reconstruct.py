@@ -27,6 +27,7 @@ from ..fields.deformation import DeformationConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..runs import RunDir
+from ..sh import sh_degree_from_bases
 from .common import (
     LearningRates, config_yaml, deformation_optimizer, exp_decay, gaussian_optimizers, merge_config, photometric_loss,
     resolve_device, save_png,
@@ -328,25 +329,63 @@ def evaluate(scene: Scene4D, split: MultiViewVideo, bg: torch.Tensor, image_dir:
     }
 
 
-def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
-    """Export a finished run directory again (``gen4d export``)."""
+@dataclass
+class FinishedRun:
+    """A finished run directory, loaded back (any recipe: every recipe's stages checkpoint the same way).
+
+    run: the directory. config: its ``config.yaml`` as plain containers (the recipe's fields as written).
+    scene: the final scene on ``device``, in evaluation mode. stage: the stage whose checkpoint it comes from.
+    """
+
+    run: RunDir
+    config: dict
+    scene: Scene4D
+    stage: str
+    device: torch.device
+
+
+# Stage names in the order recipes run them; breaks ties between checkpoints written within one clock tick.
+_STAGE_ORDER = ("static", "dynamic", "refine")
+
+
+def load_finished_run(out: str | Path, device: str | torch.device | None = None) -> FinishedRun:
+    """Load the final scene of a finished run (``gen4d export``, ``gen4d eval``).
+
+    The final scene is the checkpoint of the stage written last; that stage must be complete (a run stopped in
+    the middle of a stage is not finished: rerun its command first). The scene is rebuilt from the checkpoint
+    alone plus three settings of ``config.yaml``: ``deformation`` (the field's layout), ``model.antialiased``
+    (reconstruction runs) and ``device`` (unless ``device`` is given); the SH degree is read from the tensors.
+    """
     run = RunDir(out)
     if not run.config_path.exists():
         raise Gen4DError(f"{out} is not a gen4d run directory (no config.yaml)")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReconstructConfig), OmegaConf.load(run.config_path)))
-    ckpt = None
-    for stage in ("dynamic", "static"):
-        ckpt = run.load_checkpoint(stage)
-        if ckpt is not None:
-            break
+    config = OmegaConf.to_container(OmegaConf.load(run.config_path), resolve=True)
+    if not isinstance(config, dict):
+        raise Gen4DError(f"{run.config_path} does not hold a gen4d configuration")
+    written = [p for p in run.root.glob("stages/*/checkpoint.safetensors") if p.is_file()]
+    order = {name: i for i, name in enumerate(_STAGE_ORDER)}
+    written.sort(key=lambda p: (p.stat().st_mtime_ns, order.get(p.parent.name, -1)))
+    ckpt = run.load_checkpoint(written[-1].parent.name) if written else None
     if ckpt is None or not ckpt[1].get("complete"):
-        raise Gen4DError(f"{out} has no finished stage to export yet; rerun its command to finish it first")
-    device = resolve_device(cfg.device)
+        raise Gen4DError(f"{out} has no finished stage yet; rerun its command to finish it first")
+    stage = written[-1].parent.name
     tensors = {k[len("scene."):]: v for k, v in ckpt[0].items() if k.startswith("scene.")}
-    scene = Scene4D.from_tensors(tensors, cfg.model.sh_degree, cfg.deformation, cfg.model.antialiased).to(device)
+    deformation = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DeformationConfig), config.get("deformation") or {}))
+    antialiased = bool((config.get("model") or {}).get("antialiased", False))
+    degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
+    dev = torch.device(device) if device is not None else resolve_device(str(config.get("device", "auto")))
+    scene = Scene4D.from_tensors(tensors, degree, deformation, antialiased).to(dev)
+    scene.eval()
+    return FinishedRun(run, config, scene, stage, dev)
+
+
+def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
+    """Export a finished reconstruction run again (``gen4d export``)."""
+    finished = load_finished_run(out)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReconstructConfig), finished.config))
     background = "white" if cfg.background == "random" else cfg.background
     train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]
-    return export_for(scene, run, cfg, train, formats=formats, quiet=quiet)
+    return export_for(finished.scene, finished.run, cfg, train, formats=formats, quiet=quiet)
 
 
 def export_for(scene: Scene4D, run: RunDir, cfg: ReconstructConfig, train: MultiViewVideo, formats: list[str] | None = None, quiet: bool = False) -> dict[str, list[str]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _builders() -> dict[str, Callable]:
@@ -64,6 +64,29 @@ def tiny_model_dir(name: str = "sd21", seed: int = 0) -> Path:
             tmp.rename(folder)
         except OSError:  # built concurrently by someone else: keep theirs
             if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def tiny_metrics_dir(seed: int = 0) -> Path:
+    """Folder of tiny random metric weights (LPIPS, CLIP, I3D; see :mod:`gen4d.testing.tiny_metrics`), laid out
+    like :func:`gen4d.eval.perceptual.metrics_dir`; built once, atomically, under ``tiny_cache_root()``."""
+    from .tiny_metrics import make_tiny_metric_weights
+
+    folder = tiny_cache_root() / ("metrics" if seed == 0 else f"metrics-seed{seed}")
+    if (folder / "done").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".metrics-", dir=folder.parent))
+    try:
+        make_tiny_metric_weights(tmp, seed=seed)
+        try:
+            tmp.rename(folder)
+        except OSError:  # built concurrently by someone else: keep theirs
+            if not (folder / "done").exists():
                 raise
     finally:
         if tmp.exists():

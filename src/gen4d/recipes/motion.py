@@ -1,0 +1,390 @@
+"""``motion train``: MotionDirector (Zhao et al. 2023), a motion LoRA for a text-to-video model from reference
+videos (or an appearance LoRA from images).
+
+Steps, in one resumable run directory:
+  1. read the inputs (before anything is written): a video file, a folder of frames, or a folder of videos;
+     each long video is split into consecutive ``num_frames``-frame clips, resized and centre-cropped to
+     ``height x width``; each clip's prompt comes from a text file beside its source or from ``prompt``
+     (see :mod:`gen4d.data.videos`). With ``mode=images``: one 1-frame clip per image;
+  2. encode every clip once with the VAE: ``DIR/latents/clip_XXXX.safetensors`` (key ``latents``, ``[C, F, h, w]``
+     times the VAE scaling factor; the prompt, source and frame indices in the metadata), reused on resume and
+     by the sampler's noise prior;
+  3. train the dual-path LoRA (:mod:`gen4d.video.train`), checkpointing to ``DIR/stages/motion/`` and, with
+     ``keep_checkpoint_loras``, a LoRA folder per checkpoint in ``DIR/lora_steps/step_XXXXXX/``;
+  4. write ``DIR/lora/`` (:func:`gen4d.video.lora.save_motion_lora`) and ``DIR/metrics.json``.
+
+Defaults are MotionDirector's ``config_single_video.yaml`` (ZeroScope, 16 frames at 384 x 384, 150 steps,
+AdamW lr 5e-4, weight decay 1e-2, rank 32, one spatial LoRA per clip, gradient checkpointing, fp16 on CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor
+
+from .. import Gen4DError
+from ..data.videos import (
+    find_images,
+    find_videos,
+    prompt_for,
+    read_image,
+    read_video_clip,
+    split_clips,
+)
+from ..runs import RunDir
+from ..video.lora import lora_adapters, save_motion_lora
+from ..video.train import (
+    DualPathSettings,
+    LoraSettings,
+    MotionTrainer,
+    OptimizerSettings,
+    TrainingClip,
+    Validate,
+    encode_clip,
+    load_clip_latents,
+    save_clip_latents,
+    train_loop,
+)
+from .common import config_yaml, merge_config, resolve_device
+
+
+@dataclass
+class ValidationSettings:
+    """Preview videos during training (MotionDirector's ``validation_data``), DDIM-sampled by
+    :class:`gen4d.video.sampling.TextToVideo` with the temporal LoRA on and the spatial LoRA off."""
+
+    every: int = 50
+    """Steps between previews in DIR/samples/step_XXXXXX_<prompt>.mp4, num_frames x height x width (0: none)."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompts to sample; empty: the training prompts."""
+    steps: int = 30
+    """DDIM steps."""
+    guidance_scale: float = 12.0
+    """Classifier-free guidance scale."""
+    noise_prior: float = 0.0
+    """Mix of the first clip's DDIM inversion in the initial noise (MotionDirector's single-video config
+    validates with 0.5, at the cost of an inversion per preview); 0: pure noise."""
+    seed: int = 0
+    """Seed of every preview (the same noise at every step, so previews are comparable)."""
+
+
+@dataclass
+class MotionTrainConfig:
+    """Everything ``gen4d motion train`` does; every field can be set as ``key=value``."""
+
+    input: str = ""
+    """A video file, a folder of frames, a folder of videos, or (mode=images) an image or a folder of images."""
+    mode: str = "video"
+    """video: learn motion (and per-clip appearance) from videos | images: learn appearance only (spatial LoRA)."""
+    prompt: str = ""
+    """Prompt of every clip that has no text file beside its source (video.mp4 -> video.txt, frames/prompt.txt)."""
+    model: str = "zeroscope"
+    """Text-to-video model (registry name ``zeroscope`` / ``modelscope``, Hub id or diffusers folder)."""
+    num_frames: int = 16
+    """Frames per training clip (MotionDirector: 16; 24 for its 576 x 320 single-video config)."""
+    height: int = 384
+    """Clip height in pixels (a multiple of 8 times the UNet's downsampling)."""
+    width: int = 384
+    """Clip width in pixels."""
+    stride: int = 1
+    """Keep every stride-th frame of the source (MotionDirector's frame_step)."""
+    start: int = 0
+    """First source frame used."""
+    max_clips: int = 0
+    """At most this many clips per video (0: every whole clip; a shorter remainder is dropped)."""
+    steps: int = 150
+    """Training steps (one spatial + one temporal update each); step s trains clip s mod N."""
+    seed: int = 0
+    """Random seed (LoRA initialisation, noise, timesteps, frames, dropout)."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    precision: str = "auto"
+    """Autocast precision: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 (CUDA only) | bf16."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (much less memory, roughly 20-30% slower)."""
+    sample_latents: bool = True
+    """Sample the VAE posterior when caching latents (MotionDirector) rather than take its mean."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimizerSettings = field(default_factory=OptimizerSettings)
+    paths: DualPathSettings = field(default_factory=DualPathSettings)
+    checkpoint_every: int = 50
+    """Steps between checkpoints (resumable state, and a LoRA folder with keep_checkpoint_loras)."""
+    keep_checkpoint_loras: bool = True
+    """Also write the LoRA at every checkpoint to DIR/lora_steps/step_XXXXXX/ (pick an earlier one if the
+    final one overfits, as MotionDirector's checkpoint_index does)."""
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+
+
+PRESETS: dict[str, list[str]] = {
+    # MotionDirector's config_single_video.yaml.
+    "default": [],
+    # config_single_video_24.yaml: 24 frames at ZeroScope's 576 x 320.
+    "single-video-24": ["num_frames=24", "width=576", "height=320", "steps=300"],
+    # config_multi_videos.yaml (its README: 300-500 steps are usually enough for 16-frame videos).
+    "multi-video": ["steps=500", "optim.weight_decay=1e-4", "checkpoint_every=100", "validation.every=100"],
+    # config_multi_images.yaml: appearance from images, one shared spatial LoRA, no temporal path.
+    "appearance": ["mode=images", "paths.train_temporal=false", "paths.spatial_lora=single", "steps=1000", "optim.weight_decay=1e-4"],
+    # A quick look: fewer, shorter, smaller clips.
+    "fast": ["steps=50", "num_frames=8", "height=256", "width=256", "checkpoint_every=25"],
+}
+
+
+def build_config(preset: str, overrides: list[str], base: dict | None = None) -> MotionTrainConfig:
+    return merge_config(MotionTrainConfig, PRESETS, preset, overrides, base)
+
+
+@dataclass
+class ClipPixels:
+    """A training clip before encoding."""
+
+    pixels: Tensor
+    """``[F, 3, H, W]`` in [0, 1]."""
+    prompt: str
+    """Its prompt."""
+    source: str
+    """File or folder it came from."""
+    frames: list[int]
+    """Frame indices in the source."""
+
+
+def _check_config(cfg: MotionTrainConfig) -> None:
+    if cfg.mode not in ("video", "images"):
+        raise Gen4DError(f"mode must be video or images, got {cfg.mode!r}")
+    for name in ("num_frames", "height", "width", "stride", "steps"):
+        if getattr(cfg, name) < 1:
+            raise Gen4DError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("start", "max_clips", "checkpoint_every"):
+        if getattr(cfg, name) < 0:
+            raise Gen4DError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.validation.every < 0 or cfg.validation.steps < 1 or not 0.0 <= cfg.validation.noise_prior <= 1.0:
+        raise Gen4DError("validation.every must be >= 0, validation.steps >= 1 and validation.noise_prior in [0, 1]")
+    if cfg.height % 8 or cfg.width % 8:
+        raise Gen4DError(f"height and width must be multiples of 8 (the VAE downsamples by 8), got {cfg.height}x{cfg.width}")
+    if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise Gen4DError(f"precision must be auto, fp32, fp16 or bf16, got {cfg.precision!r}")
+
+
+def _need_prompt(prompt: str | None, cfg: MotionTrainConfig, source: Path) -> str:
+    text = prompt or cfg.prompt.strip()
+    if not text:
+        sidecar = source / "prompt.txt" if source.is_dir() else source.with_suffix(".txt")
+        raise Gen4DError(f'no prompt for {source}: pass prompt="..." or write the prompt in {sidecar}')
+    return text
+
+
+def collect_clips(cfg: MotionTrainConfig) -> list[ClipPixels]:
+    """Read and check every training clip of ``cfg`` (see the module docstring); writes nothing."""
+    _check_config(cfg)
+    if not cfg.input:
+        raise Gen4DError("no input: pass a video file, a folder of frames or videos, or (mode=images) images")
+    path = Path(cfg.input)
+    if not path.exists():
+        raise Gen4DError(f"input not found: {path}")
+    clips: list[ClipPixels] = []
+    if cfg.mode == "images":
+        files = [path] if path.is_file() else find_images(path)
+        if not files:
+            raise Gen4DError(f"no images in {path} (mode=images expects .png/.jpg/... files)")
+        for f in files:
+            clips.append(ClipPixels(read_image(f, cfg.height, cfg.width)[None], _need_prompt(prompt_for(f), cfg, f), str(f), [0]))
+        return clips
+    sources = [path]
+    if path.is_dir():
+        if find_videos(path):
+            sources = find_videos(path)
+        elif not find_images(path):
+            raise Gen4DError(f"no videos or frames in {path}: expected video files (.mp4, .gif, ...) or frames (frame_0001.png, ...)")
+    for src in sources:
+        frames = read_video_clip(src, cfg.height, cfg.width, None, cfg.stride, cfg.start)
+        if len(frames) < cfg.num_frames:
+            raise Gen4DError(
+                f"{src} gives {len(frames)} frames (from frame {cfg.start}, stride {cfg.stride}), fewer than one "
+                f"{cfg.num_frames}-frame clip; lower num_frames or stride"
+            )
+        prompt = _need_prompt(prompt_for(src), cfg, src)
+        parts = split_clips(frames, cfg.num_frames)
+        if cfg.max_clips:
+            parts = parts[: cfg.max_clips]
+        for k, part in enumerate(parts):
+            first = k * cfg.num_frames
+            idx = [cfg.start + cfg.stride * (first + j) for j in range(cfg.num_frames)]
+            clips.append(ClipPixels(part, prompt, str(src), idx))
+    return clips
+
+
+def latents_path(root: Path, index: int) -> Path:
+    """``DIR/latents/clip_XXXX.safetensors``."""
+    return root / "latents" / f"clip_{index:04d}.safetensors"
+
+
+def cache_latents(clips: list[ClipPixels], root: Path, cfg: MotionTrainConfig, device: torch.device, log=None) -> list[TrainingClip]:
+    """Latents of every clip, encoded once and kept in ``root/latents`` (files that match are reused)."""
+    out: list[TrainingClip | None] = [None] * len(clips)
+    todo = []
+    for i, c in enumerate(clips):
+        path = latents_path(root, i)
+        if path.exists():
+            try:
+                latents, prompt, meta = load_clip_latents(path)
+            except (OSError, SafetensorError, ValueError):  # a damaged cache entry is encoded again
+                latents, prompt, meta = None, "", {}
+            if latents is not None and prompt == c.prompt and meta.get("source") == c.source and meta.get("frames") == c.frames:
+                out[i] = TrainingClip(latents, c.prompt, c.source, c.frames)
+                continue
+        todo.append(i)
+    if todo:
+        from diffusers import AutoencoderKL
+
+        from ..guidance.registry import load_pretrained
+
+        vae = load_pretrained(AutoencoderKL, cfg.model, subfolder="vae").to(device).eval().requires_grad_(False)
+        for i in todo:
+            c = clips[i]
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + i) if cfg.sample_latents else None
+            latents = encode_clip(vae, c.pixels, g)
+            meta = {"source": c.source, "frames": c.frames, "height": cfg.height, "width": cfg.width,
+                    "scaling_factor": float(vae.config.scaling_factor)}
+            save_clip_latents(latents_path(root, i), latents, c.prompt, meta)
+            out[i] = TrainingClip(latents, c.prompt, c.source, c.frames)
+        if log is not None:
+            log(f"latents: encoded {len(todo)} clip(s), reused {len(clips) - len(todo)}")
+        del vae
+    return out  # type: ignore[return-value]
+
+
+def _precision(cfg: MotionTrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise Gen4DError("precision=fp16 needs a CUDA device; use precision=bf16 or fp32 on the CPU")
+    return cfg.precision
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    keep = "".join(c if c.isalnum() else "_" for c in text.strip().lower())
+    return "_".join(p for p in keep.split("_") if p)[:limit] or "prompt"
+
+
+def validation_sampler(cfg: MotionTrainConfig, training: list[TrainingClip], device: torch.device) -> Validate:
+    """``validate(unet, step, folder)`` writing one preview per prompt with the training UNet (adapters as the
+    loop sets them). The sampler's VAE and text encoder are loaded at the first preview; its own UNet is
+    dropped for the one being trained."""
+    from ..export.video import write_video
+    from ..video.sampling import TextToVideo
+
+    v = cfg.validation
+    prompts = list(v.prompts) or sorted({c.prompt for c in training})
+    state: dict = {}
+
+    def validate(unet, step: int, folder: Path) -> None:
+        if "t2v" not in state:
+            t2v = TextToVideo(cfg.model, device="cpu")  # built on the CPU: its UNet is replaced, never moved
+            t2v.vae.to(device)
+            t2v.text_encoder.to(device)
+            t2v.device = device
+            state["t2v"] = t2v
+        t2v = state["t2v"]
+        t2v.unet = unet
+        prior = training[0].latents[None] if v.noise_prior > 0 else None
+        for prompt in prompts:
+            sample = t2v.generate(
+                prompt, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, steps=v.steps,
+                guidance_scale=v.guidance_scale, seed=v.seed, prior_latents=prior, noise_prior=v.noise_prior,
+            )
+            video = (sample.frames.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            write_video(folder / f"step_{step:06d}_{_slug(prompt)}.mp4", video, fps=8)
+
+    return validate
+
+
+def run_motion_train(
+    cfg: MotionTrainConfig,
+    out: str | Path,
+    command: str = "gen4d motion train",
+    quiet: bool = False,
+    stop_after_step: int | None = None,
+    validate: Validate | None = None,
+) -> dict:
+    """Train a motion LoRA (see the module docstring). Validates the inputs before touching ``out``.
+
+    ``validate(unet, step, folder)``: the preview writer called every ``cfg.validation.every`` steps (temporal
+    LoRA on, spatial LoRA off, eval mode, no gradient, random state set aside) with ``DIR/samples``; None:
+    :func:`validation_sampler`.
+    ``stop_after_step``: for tests, stop right after the checkpoint at that step (returns ``{}``).
+    Returns the metrics written to ``DIR/metrics.json``.
+    """
+    from diffusers import DDPMScheduler, UNet3DConditionModel
+
+    from ..guidance.prompts import PromptEncoder
+    from ..guidance.registry import load_pretrained
+
+    clips = collect_clips(cfg)
+    device = resolve_device(cfg.device)
+    precision = _precision(cfg, device)
+    # the smallest file of the model first: a missing model is reported before anything is written
+    scheduler = load_pretrained(DDPMScheduler, cfg.model, subfolder="scheduler")
+    run = RunDir(out)
+    run.prepare(config_yaml(cfg), command)
+    run.log(f"inputs: {len(clips)} clip(s) of {clips[0].pixels.shape[0]} frame(s) at {cfg.width}x{cfg.height}")
+
+    training = cache_latents(clips, run.root, cfg, device, log=run.log)
+    encoder = PromptEncoder(cfg.model, device=device)
+    embeddings = encoder.encode([c.prompt for c in training])
+    del encoder  # the text encoder is not needed while training
+
+    unet = load_pretrained(UNet3DConditionModel, cfg.model, subfolder="unet").to(device)
+    trainer = MotionTrainer(
+        unet, training, embeddings, scheduler.alphas_cumprod, scheduler.config.prediction_type,
+        lora=cfg.lora, optim=cfg.optim, paths=cfg.paths, seed=cfg.seed, precision=precision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    frames = 1 if cfg.mode == "images" else cfg.num_frames
+    extra = {
+        "steps": cfg.steps, "prompts": sorted({c.prompt for c in training}), "clips": len(training),
+        "spatial_lora": cfg.paths.spatial_lora,
+    }
+
+    def save_lora(folder: Path, steps_done: int) -> None:
+        save_motion_lora(unet, folder, base_model=cfg.model, num_frames=frames, height=cfg.height, width=cfg.width,
+                         extra={**extra, "steps": steps_done})
+
+    def on_checkpoint(step: int) -> None:
+        if cfg.keep_checkpoint_loras:
+            save_lora(run.root / "lora_steps" / f"step_{step:06d}", step)
+
+    if validate is None and cfg.validation.every > 0:
+        validate = validation_sampler(cfg, training, device)
+    stats = train_loop(
+        trainer, run, cfg.steps, checkpoint_every=cfg.checkpoint_every, quiet=quiet, stop_after_step=stop_after_step,
+        validate=validate, validation_every=cfg.validation.every, on_checkpoint=on_checkpoint,
+    )
+    if stats is None:  # stopped on request (tests)
+        return {}
+    save_lora(run.root / "lora", cfg.steps)
+
+    def tail_mean(values: list) -> float | None:
+        vals = [v for v in values[-10:] if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    metrics = {
+        "seconds": stats["seconds"],
+        "steps": stats["steps"],
+        "losses": stats["losses"],
+        "loss_temporal_last10": tail_mean(stats["losses"]["temporal"]),
+        "loss_spatial_last10": tail_mean(stats["losses"]["spatial"]),
+        "clips": len(training),
+        "num_frames": frames,
+        "height": cfg.height,
+        "width": cfg.width,
+        "adapters": lora_adapters(unet),
+        "device": str(device),
+        "precision": precision,
+        "lora": "lora",
+    }
+    run.write_metrics(metrics)
+    run.log(f"done: LoRA in {run.root / 'lora'} ({len(training)} clips, {cfg.steps} steps)")
+    return metrics
