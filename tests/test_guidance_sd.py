@@ -277,3 +277,22 @@ def test_models_tiny_swaps_registry_names_for_tiny_models(tmp_path, monkeypatch)
     assert (tmp_path / "tiny" / "sd21" / "model_index.json").exists()
     with pytest.raises(Gen4DError, match="real"):
         registry.set_model_set("huge")
+
+
+def test_transformers_models_load_in_float32_whatever_dtype_their_config_names(tmp_path):
+    """Published configs of SVD's image encoder and ModelScope's text encoder say float16; transformers >= 5 would
+    load them in half precision, which the priors (fp32 on the CPU) cannot mix with fp32 inputs."""
+    from transformers import CLIPTextModel
+
+    from gen4d.guidance.registry import load_pretrained
+    from gen4d.testing.components import tiny_text_encoder_config
+
+    model = CLIPTextModel(tiny_text_encoder_config()).half()
+    model.save_pretrained(tmp_path / "text_encoder")
+    assert CLIPTextModel.from_pretrained(tmp_path / "text_encoder").dtype == torch.float16  # the library's own default
+    loaded = load_pretrained(CLIPTextModel, str(tmp_path), subfolder="text_encoder")
+    assert loaded.dtype == torch.float32
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b.float()), name
+    explicit = load_pretrained(CLIPTextModel, str(tmp_path), subfolder="text_encoder", dtype=torch.bfloat16)
+    assert explicit.dtype == torch.bfloat16

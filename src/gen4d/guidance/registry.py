@@ -85,6 +85,13 @@ def missing_weights_error(name: str, repo: str, detail: str = "") -> Gen4DError:
 def load_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwargs):
     """``cls.from_pretrained`` for a registry name, Hub id or local folder, with one clear error if missing."""
     repo, _ = resolve(name_or_path)
+    if not ({"dtype", "torch_dtype"} & kwargs.keys()) and _is_transformers_model(cls):
+        # transformers >= 5 loads weights in the dtype a checkpoint's config names (float16 for SVD's image encoder
+        # and ModelScope's text encoder); gen4d casts to the precision the user chose, so load float32 by default
+        # as diffusers does.
+        import torch
+
+        kwargs["dtype"] = torch.float32
     if Path(repo).exists():
         repo = str(Path(repo))
     try:
@@ -95,3 +102,11 @@ def load_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwar
         if Path(repo).exists():
             raise Gen4DError(f"{repo} does not hold a loadable {cls.__name__}{f' in {subfolder}/' if subfolder else ''}: {str(e).splitlines()[0]}") from None
         raise missing_weights_error(name_or_path, repo, type(e).__name__) from None
+
+
+def _is_transformers_model(cls) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        return False
+    return isinstance(cls, type) and issubclass(cls, PreTrainedModel)
