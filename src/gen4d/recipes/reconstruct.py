@@ -370,18 +370,31 @@ def load_finished_run(out: str | Path, device: str | torch.device | None = None)
         raise Gen4DError(f"{out} has no finished stage yet; rerun its command to finish it first")
     stage = written[-1].parent.name
     tensors = {k[len("scene."):]: v for k, v in ckpt[0].items() if k.startswith("scene.")}
-    deformation = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DeformationConfig), config.get("deformation") or {}))
+    asset = asset_config(config)
+    deformation = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DeformationConfig), asset.get("deformation") or {}))
     antialiased = bool((config.get("model") or {}).get("antialiased", False))
     degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-    dev = torch.device(device) if device is not None else resolve_device(str(config.get("device", "auto")))
+    dev = torch.device(device) if device is not None else resolve_device(str(asset.get("device", "auto")))
     scene = Scene4D.from_tensors(tensors, degree, deformation, antialiased).to(dev)
     scene.eval()
     return FinishedRun(run, config, scene, stage, dev)
 
 
+def asset_config(config: dict) -> dict:
+    """The section of a run's configuration that made the 4D asset: the whole configuration, or the nested
+    ``dg4d`` section of a recipe that chains DreamGaussian4D (text -> video -> 4D)."""
+    return config["dg4d"] if isinstance(config.get("dg4d"), dict) else config
+
+
 def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
-    """Export a finished reconstruction run again (``gen4d export``)."""
+    """Export a finished run again (``gen4d export``): reconstruction, image / video / text -> 4D."""
     finished = load_finished_run(out)
+    asset = asset_config(finished.config)
+    if "data" not in asset:  # DreamGaussian4D: white background, orbit at the input camera's distance
+        frames = len(list(finished.run.stage_dir("driving").glob("frames/frame_*.png")))
+        export = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExportConfig), asset.get("export") or {}))
+        radius = float(asset.get("camera_radius", 2.5))
+        return export_scene(finished.scene, finished.run.exports, export, (1.0, 1.0, 1.0), max(frames, 2), radius, formats=formats, quiet=quiet)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReconstructConfig), finished.config))
     background = "white" if cfg.background == "random" else cfg.background
     train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]

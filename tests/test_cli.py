@@ -1,0 +1,40 @@
+"""Command line: every command's bad input is one `error:` line, exit status 2, and nothing written."""
+
+from pathlib import Path
+
+import pytest
+
+from gen4d.cli import main
+from gen4d.guidance import registry
+
+
+@pytest.fixture(autouse=True)
+def _restore_model_set():
+    before = registry.model_set()
+    yield
+    registry.set_model_set(before)
+
+
+CASES = {
+    "motion-train-missing-video": (["motion", "train", "{tmp}/missing.mp4"], "input not found"),
+    "motion-train-bad-key": (["motion", "train", "{tmp}/missing.mp4", "no_such_field=1"], "no_such_field"),
+    "motion-sample-missing-lora": (["motion", "sample", "a dog", "--motion", "{tmp}/nowhere"], "motion LoRA not found"),
+    "text-bad-key": (["text", "a dog", "dg4d.no_such_field=1"], "no_such_field"),
+    "text-missing-lora": (["text", "a dog", "--motion", "{tmp}/nowhere"], "motion LoRA not found"),
+    "eval-missing-data": (["eval", "{tmp}/run", "--data", "{tmp}/nowhere"], "not found"),
+    "eval-nothing-to-score": (["eval", "--data", "{tmp}"], "run directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, case):
+    argv, pattern = CASES[case]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = tmp_path / "out"
+    if argv[0] != "eval":
+        argv += ["--out", str(out)]
+    assert main([*argv, "--models", "tiny", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0], err
+    assert not out.exists()
+    assert not Path(tmp_path / "run").exists()
