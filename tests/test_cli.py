@@ -5,14 +5,9 @@ from pathlib import Path
 import pytest
 
 from gen4d.cli import main
-from gen4d.guidance import registry
 
 
-@pytest.fixture(autouse=True)
-def _restore_model_set():
-    before = registry.model_set()
-    yield
-    registry.set_model_set(before)
+pytestmark = pytest.mark.usefixtures("restore_model_set")
 
 
 CASES = {

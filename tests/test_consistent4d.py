@@ -50,18 +50,13 @@ from gen4d.recipes.evaluate import (
 from gen4d.recipes.scene import Scene4D
 from gen4d.runs import RunDir
 
+
+pytestmark = pytest.mark.usefixtures("tiny_models")
+
 T = 6  # frames per video
 GT_SIZE = 48  # ground-truth and input frame side
 RUN_SIZE = 64  # the run's recentred input side
 FAST = ["metric_size=0", "fvd_resolution=32", "batch_size=24"]
-
-
-@pytest.fixture(autouse=True)
-def _tiny_models():
-    before = registry.model_set()
-    registry.set_model_set("tiny")
-    yield
-    registry.set_model_set(before)
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -13,19 +13,15 @@ from gen4d.export.animated_glb import read_animated_glb
 from gen4d.export.video import read_video
 from gen4d.guidance import registry
 
+
+pytestmark = pytest.mark.usefixtures("restore_model_set")
+
 TINY = [
     "--models", "tiny", "--quiet", "size=64", "static.iterations=4", "dynamic.iterations=4", "sds.views=1",
     "static.resolution_start=64", "static.resolution_end=64", "dynamic.resolution_start=64",
     "dynamic.resolution_end=64", "init_points=300", "checkpoint_every=2", "preview_every=2",
     "export.mesh_resolution=24", "export.video_size=32", "export.video_frames=3", "export.mesh_threshold=0.05",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_model_set():
-    before = registry.model_set()
-    yield
-    registry.set_model_set(before)
 
 
 def disc(cx: float, cy: float, size: int = 48, r: int = 10, alpha: bool = True) -> Image.Image:

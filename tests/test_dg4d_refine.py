@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 from test_dg4d import TINY, disc, frames_dir
 
 from gen4d.cli import main
-from gen4d.guidance import registry
 from gen4d.guidance.svd import StableVideoDiffusion
 from gen4d.recipes.dg4d import build_config, orbit_clip_cameras, run_dg4d
 from gen4d.recipes.scene import Scene4D
+
+
+pytestmark = pytest.mark.usefixtures("tiny_models")
 
 FROZEN = ("means", "quats", "log_scales", "opacity_logits")
 # Zero123 SDS off and short stages I-II: these tests are about stage III.
@@ -23,14 +25,6 @@ REFINE = [
     "refine.resolution=32", "driving.steps=4", "export.formats=[ply]",
 ]
 COLOUR = torch.tensor([0.9, 0.2, 0.1])
-
-
-@pytest.fixture(autouse=True)
-def _tiny_models():
-    before = registry.model_set()
-    registry.set_model_set("tiny")
-    yield
-    registry.set_model_set(before)
 
 
 def make_config(tmp_path, *extra):

@@ -15,12 +15,6 @@ from gen4d.guidance.controlnet_tile import (
 )
 from gen4d.guidance.video_sds import VideoSDSConfig, VideoSDSGuidance, encode_pixels
 from gen4d.testing.tiny_controlnet import make_tiny_sd15_controlnet
-from gen4d.testing.tiny_t2v import make_tiny_t2v
-
-
-@pytest.fixture(scope="module")
-def t2v_dir(tmp_path_factory):
-    return make_tiny_t2v(tmp_path_factory.mktemp("tiny_t2v"))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from gen4d import Gen4DError
-from gen4d.testing.tiny_t2v import make_tiny_t2v
 from gen4d.video.lora import (
     SPATIAL,
     TEMPORAL,
@@ -28,18 +27,7 @@ from gen4d.video.lora import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: waking a second worker thread costs more than the work, and stalls on a loaded machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def t2v_dir(tmp_path_factory):
-    return make_tiny_t2v(tmp_path_factory.mktemp("tiny_t2v"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(t2v_dir):

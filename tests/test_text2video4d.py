@@ -17,9 +17,11 @@ from gen4d.data.preprocess import (
 )
 from gen4d.export.animated_glb import read_animated_glb
 from gen4d.export.video import read_video
-from gen4d.guidance import registry
 from gen4d.recipes import text2video4d
 from gen4d.recipes.text2video4d import build_config, resolve_segmenter, run_text2video4d
+
+
+pytestmark = pytest.mark.usefixtures("tiny_models", "one_thread")
 
 TINY = [
     "video.prompt=a corgi running", "video.height=32", "video.width=32", "video.steps=2", "video.decode_chunk=8",
@@ -29,22 +31,6 @@ TINY = [
     "dg4d.dynamic.resolution_end=64", "dg4d.init_points=300", "dg4d.export.mesh_resolution=24",
     "dg4d.export.video_size=32", "dg4d.export.video_frames=3", "dg4d.export.mesh_threshold=0.05",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _tiny_models():
-    before = registry.model_set()
-    registry.set_model_set("tiny")
-    yield
-    registry.set_model_set(before)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------- segmentation

@@ -9,7 +9,6 @@ import torch
 
 from gen4d import Gen4DError
 from gen4d.export.video import read_video
-from gen4d.testing.tiny_t2v import make_tiny_t2v
 from gen4d.video.sampling import (
     TextToVideo,
     apply_noise_prior,
@@ -20,18 +19,7 @@ from gen4d.video.sampling import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second worker thread costs more than it saves, and stalls on a loaded machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def t2v_dir(tmp_path_factory):
-    return make_tiny_t2v(tmp_path_factory.mktemp("tiny_t2v"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
