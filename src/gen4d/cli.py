@@ -134,15 +134,20 @@ def cmd_text(args) -> int:
     return 0
 
 
+def _motion_base(args, **fields) -> dict:
+    """Flags of the motion commands: ``--iters`` is their ``steps`` (training steps, DDIM steps)."""
+    base = _base(args, iterations_key=None) | fields
+    if args.iters is not None:
+        base["steps"] = args.iters
+    return base
+
+
 def cmd_motion_train(args) -> int:
     from .recipes.motion import build_config, run_motion_train
 
-    base = _base(args, iterations_key=None)
-    base["input"] = str(Path(args.input).resolve())
+    base = _motion_base(args, input=str(Path(args.input).resolve()))
     if args.prompt is not None:
         base["prompt"] = args.prompt
-    if args.iters is not None:
-        base["steps"] = args.iters
     cfg = build_config(args.preset, args.overrides, base)
     metrics = run_motion_train(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
     out = Path(args.out)
@@ -154,12 +159,9 @@ def cmd_motion_train(args) -> int:
 def cmd_motion_sample(args) -> int:
     from .recipes.motion_sample import build_config, run_motion_sample
 
-    base = _base(args, iterations_key=None)
-    base["prompt"] = args.prompt
+    base = _motion_base(args, prompt=args.prompt)
     if args.motion:
         base["motion"] = str(Path(args.motion).resolve())
-    if args.iters is not None:
-        base["steps"] = args.iters
     cfg = build_config(args.preset, args.overrides, base)
     metrics = run_motion_sample(cfg, args.out, command=" ".join(sys.argv), quiet=args.quiet)
     out = Path(args.out)

@@ -48,27 +48,33 @@ def tiny_cache_root() -> Path:
     return base / "tiny"
 
 
+def _build_once(folder: Path, marker: str, build) -> Path:
+    """``build(tmp_folder)`` once into ``folder`` (atomically: built aside, then renamed), then reused; ``marker`` is
+    the file that says the folder is complete."""
+    if (folder / marker).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # built concurrently by someone else: keep theirs
+            if not (folder / marker).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def tiny_model_dir(name: str = "sd21", seed: int = 0) -> Path:
     """The folder of the tiny model for registry name ``name`` (built once, atomically, then reused)."""
     builders = _builders()
     if name not in builders:
         raise KeyError(f"no tiny model named {name!r}; known: {sorted(builders)}")
     folder = tiny_cache_root() / (name if seed == 0 else f"{name}-seed{seed}")
-    if (folder / "model_index.json").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        builders[name](tmp, seed=seed)
-        try:
-            tmp.rename(folder)
-        except OSError:  # built concurrently by someone else: keep theirs
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return _build_once(folder, "model_index.json", lambda tmp: builders[name](tmp, seed=seed))
 
 
 def tiny_metrics_dir(seed: int = 0) -> Path:
@@ -77,18 +83,4 @@ def tiny_metrics_dir(seed: int = 0) -> Path:
     from .tiny_metrics import make_tiny_metric_weights
 
     folder = tiny_cache_root() / ("metrics" if seed == 0 else f"metrics-seed{seed}")
-    if (folder / "done").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".metrics-", dir=folder.parent))
-    try:
-        make_tiny_metric_weights(tmp, seed=seed)
-        try:
-            tmp.rename(folder)
-        except OSError:  # built concurrently by someone else: keep theirs
-            if not (folder / "done").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return _build_once(folder, "done", lambda tmp: make_tiny_metric_weights(tmp, seed=seed))
