@@ -339,6 +339,7 @@ def _merge_run_metrics(metrics_path: Path, result: dict, metrics: list[str]) -> 
         for m in ("psnr", "ssim"):
             if m in summary:
                 existing[m] = summary[m]
+                existing["psnr_views"] = "Consistent4D evaluation cameras (eval/metrics.json)"
     write_json(metrics_path, _finite(existing))
 
 
