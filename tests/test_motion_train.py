@@ -15,7 +15,6 @@ from gen4d import Gen4DError
 from gen4d.data.videos import read_video_clip, split_clips
 from gen4d.export.video import write_video
 from gen4d.recipes.motion import MotionTrainConfig, run_motion_train
-from gen4d.testing.tiny_t2v import make_tiny_t2v
 from gen4d.video.lora import (
     SPATIAL,
     TEMPORAL,
@@ -42,18 +41,7 @@ from gen4d.video.unet3d import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: waking a second worker thread costs more than the work, and stalls on a loaded machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def t2v_dir(tmp_path_factory):
-    return make_tiny_t2v(tmp_path_factory.mktemp("tiny_t2v"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(t2v_dir):
