@@ -271,8 +271,8 @@ def _slug(text: str, limit: int = 48) -> str:
 
 def validation_sampler(cfg: MotionTrainConfig, training: list[TrainingClip], device: torch.device) -> Validate:
     """``validate(unet, step, folder)`` writing one preview per prompt with the training UNet (adapters as the
-    loop sets them). The sampler's VAE and text encoder are loaded at the first preview; its own UNet is
-    dropped for the one being trained."""
+    loop sets them). The sampler's VAE and text encoder are loaded at the first preview; it samples with the
+    training UNet itself (no second copy is loaded)."""
     from ..export.video import write_video
     from ..video.sampling import TextToVideo
 
@@ -281,12 +281,8 @@ def validation_sampler(cfg: MotionTrainConfig, training: list[TrainingClip], dev
     state: dict = {}
 
     def validate(unet, step: int, folder: Path) -> None:
-        if "t2v" not in state:
-            t2v = TextToVideo(cfg.model, device="cpu")  # built on the CPU: its UNet is replaced, never moved
-            t2v.vae.to(device)
-            t2v.text_encoder.to(device)
-            t2v.device = device
-            state["t2v"] = t2v
+        if "t2v" not in state:  # the sampler's VAE and text encoder, around the UNet being trained
+            state["t2v"] = TextToVideo(cfg.model, device=device, unet=unet)
         t2v = state["t2v"]
         t2v.unet = unet
         prior = training[0].latents[None] if v.noise_prior > 0 else None

@@ -177,7 +177,9 @@ class TextToVideo:
     run; ``precision``: weights and activations of the networks (latents and the DDIM updates stay float32).
     """
 
-    def __init__(self, model: str = "zeroscope", device: str | torch.device = "cpu", precision: Precision = "fp32"):
+    def __init__(self, model: str = "zeroscope", device: str | torch.device = "cpu", precision: Precision = "fp32", unet=None):
+        """``unet``: an already loaded ``UNet3DConditionModel`` to sample with, used as it is (not moved, cast or
+        frozen: e.g. the one being trained, for validation previews); None loads ``model``'s own."""
         from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -188,11 +190,15 @@ class TextToVideo:
         self.device = torch.device(device)
         self.scheduler = load_pretrained(DDIMScheduler, model, subfolder="scheduler")
         self._check_schedule()
-        self.unet = load_pretrained(UNet3DConditionModel, model, subfolder="unet", torch_dtype=self.dtype)
         self.vae = load_pretrained(AutoencoderKL, model, subfolder="vae", torch_dtype=self.dtype)
         self.tokenizer = load_pretrained(CLIPTokenizer, model, subfolder="tokenizer")
         self.text_encoder = load_pretrained(CLIPTextModel, model, subfolder="text_encoder", dtype=self.dtype)
-        for m in (self.unet, self.vae, self.text_encoder):
+        own = [self.vae, self.text_encoder]
+        if unet is None:
+            unet = load_pretrained(UNet3DConditionModel, model, subfolder="unet", torch_dtype=self.dtype)
+            own.append(unet)
+        self.unet = unet
+        for m in own:
             m.eval().requires_grad_(False).to(self.device)
 
     def _check_schedule(self) -> None:
