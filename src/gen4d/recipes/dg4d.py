@@ -333,7 +333,7 @@ def _make_driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, 
         )
         del svd
         raw = run.stage_dir("driving") / "generated.mp4"
-        write_video(raw, (video.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8), fps=d.fps)
+        write_video(raw, to_uint8(video.permute(0, 2, 3, 1).float()), fps=d.fps)
         if d.alpha == "reference":
             rgb = torch.nn.functional.interpolate(video.float().cpu(), size=(cfg.size, cfg.size), mode="area")
             frames = torch.cat([rgb, reference[3:].expand(len(rgb), 1, -1, -1)], dim=1)

@@ -49,7 +49,7 @@ from ..video.train import (
     save_clip_latents,
     train_loop,
 )
-from .common import config_yaml, merge_config, resolve_device
+from .common import config_yaml, merge_config, resolve_device, to_uint8
 
 
 @dataclass
@@ -291,8 +291,7 @@ def validation_sampler(cfg: MotionTrainConfig, training: list[TrainingClip], dev
                 prompt, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, steps=v.steps,
                 guidance_scale=v.guidance_scale, seed=v.seed, prior_latents=prior, noise_prior=v.noise_prior,
             )
-            video = (sample.frames.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-            write_video(folder / f"step_{step:06d}_{_slug(prompt)}.mp4", video, fps=8)
+            write_video(folder / f"step_{step:06d}_{_slug(prompt)}.mp4", to_uint8(sample.frames.permute(0, 2, 3, 1)), fps=8)
 
     return validate
 
