@@ -188,6 +188,20 @@ def print_table(record: dict) -> None:
         print(f"target (one H100): <= {TARGET_SECONDS:.0f} s and <= {TARGET_GIB:.1f} GiB (24 GB): {'met' if ok else 'NOT met'}")
 
 
+def run_and_record(run, print_table, args) -> int:
+    """``run(args)`` -> record; print its table and write it to ``args.json``. A Gen4DError is one error line, exit 2."""
+    try:
+        record = run(args)
+    except Gen4DError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_table(record)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,16 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         args.refine_iterations = 2 if args.small else 50
     if args.json is None:
         args.json = Path(__file__).resolve().parent / "results" / ("dg4d_small.json" if args.small else "dg4d.json")
-    try:
-        record = run(args)
-    except Gen4DError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_table(record)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return run_and_record(run, print_table, args)
 
 
 if __name__ == "__main__":

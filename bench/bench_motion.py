@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import platform
 import shutil
 import statistics
@@ -47,11 +46,10 @@ from unittest import mock
 
 import torch
 
-from gen4d import Gen4DError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers of the sibling benchmarks
 import bench_guidance
-from bench_dg4d import Meter
+from bench_dg4d import Meter, run_and_record
 from bench_guidance import _sync, build, matmul_tflops
 
 PROMPT = "a person riding a bicycle along a road"
@@ -451,16 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--frames must be >= 2 (the temporal path), --steps, --sample-steps, --inversion-steps >= 1, --warmup >= 0")
     if args.json is None:
         args.json = Path(__file__).resolve().parent / "results" / ("motion_small.json" if args.small else "motion.json")
-    try:
-        record = run(args)
-    except Gen4DError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_table(record)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return run_and_record(run, print_table, args)
 
 
 if __name__ == "__main__":
