@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gen4d import Gen4DError
 from gen4d.export.video import read_video
@@ -17,7 +18,6 @@ from gen4d.video.sampling import (
     load_motion_adapters,
     resize_latents,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,3 +264,24 @@ def test_plain_text_to_video_and_bad_options(t2v_dir, tmp_path):
         with pytest.raises(Gen4DError, match=pattern):
             run_motion_sample(build_config("default", small + overrides, base), out, quiet=True)
         assert not out.exists(), name
+
+
+def test_noise_prior_from_a_reference_video_fixes_the_start(t2v_dir, tmp_path):
+    """``reference=VIDEO`` with ``noise_prior=1``: z_T is the DDIM inversion of that clip alone, so the seed (which
+    only draws epsilon; eta = 0) no longer changes the video; with ``noise_prior=0`` it does."""
+    from gen4d.export.video import write_video
+    from gen4d.recipes.motion_sample import build_config, run_motion_sample
+
+    g = np.random.default_rng(0)
+    clip = tmp_path / "reference.mp4"
+    write_video(clip, g.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), fps=8)
+    small = [f"model={t2v_dir}", "num_frames=3", "height=32", "width=32", "steps=2", "inversion_steps=3", "device=cpu"]
+
+    def frames(p: float, seed: int) -> np.ndarray:
+        out = tmp_path / f"p{p}-s{seed}"
+        metrics = run_motion_sample(build_config("default", [*small, f"noise_prior={p}", f"reference={clip}"], {"prompt": "a corgi", "seed": seed}), out, quiet=True)
+        assert metrics["prior_source"] == (str(clip) if p > 0 else "")
+        return np.stack([np.asarray(Image.open(f)) for f in sorted((out / "frames").glob("*.png"))]).astype(np.int16)
+
+    assert np.abs(frames(1.0, 0) - frames(1.0, 1)).max() <= 1  # rounding only
+    assert np.abs(frames(0.0, 0) - frames(0.0, 1)).max() > 10
