@@ -97,7 +97,7 @@ def warm_up(device: torch.device) -> float:
     """Render and backpropagate a few Gaussians once (compiles the rasteriser's kernels); returns its seconds."""
     from gen4d.cameras import orbit_cameras
     from gen4d.gaussians.model import GaussianModel
-    from gen4d.recipes.scene import Scene4D
+    from gen4d.scene import Scene4D
 
     start = time.perf_counter()
     scene = Scene4D(GaussianModel.random_in_sphere(200, 0.5)).to(device)
@@ -109,8 +109,10 @@ def warm_up(device: torch.device) -> float:
 
 def run(args) -> dict:
     """One metered ``run_dg4d``; returns the JSON record."""
-    from gen4d.guidance import registry, zero123
-    from gen4d.recipes import dg4d, loop
+    from gen4d.guidance import priors, zero123
+    from gen4d.models import registry
+    from gen4d.recipes import dg4d
+    from gen4d.training import loop
 
     device = dg4d.resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-dg4d-"))
@@ -133,8 +135,8 @@ def run(args) -> dict:
     meter = Meter(device)
     with ExitStack() as patches:
         for module, name, part in (
-            (dg4d, "driving_frames", "driving"), (dg4d, "export_scene", "exports"), (loop, "_loop", lambda run, stage, *rest: stage.name),
-            (zero123.Zero123Guidance, "prepare_reference", "zero123 setup"), (zero123, "Zero123Guidance", "zero123 setup"),
+            (dg4d, "run_artifact", "driving"), (dg4d, "export_asset", "exports"), (loop, "_loop", lambda run, stage, *rest: stage.name),
+            (zero123.Zero123Guidance, "prepare_reference", "zero123 setup"), (priors, "Zero123Guidance", "zero123 setup"),
         ):
             patches.enter_context(mock.patch.object(module, name, meter.wrap(part, getattr(module, name))))
         start = time.perf_counter()

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import torch
 
+
+from gen4d.guidance.base import Conditioning
+
 _ROOT = Path(__file__).resolve().parents[1]
 # shared/ sits beside the repository (or inside it on machines that carry it along)
 CONFIGS = next((p for p in (_ROOT / "shared" / "model_configs", _ROOT.parent / "shared" / "model_configs") if p.exists()),
@@ -70,7 +73,7 @@ def build(prior: str, root: Path) -> Path:
         _save_text_stack(folder, _cfg("sd21-base__text_encoder"))
         DDPMScheduler.from_config(_cfg("sd21-base__scheduler")).save_pretrained(folder / "scheduler")
     elif prior == "mvdream":
-        from gen4d.guidance.mvdream import unet_config_from_mvdream
+        from gen4d.guidance.mvdream_checkpoint import unet_config_from_mvdream
 
         UNet2DConditionModel.from_config(unet_config_from_mvdream(_cfg("mvdream-sd21__unet"))).save_pretrained(folder / "unet")
         AutoencoderKL.from_config(_cfg("mvdream-sd21__vae")).save_pretrained(folder / "vae")
@@ -117,19 +120,18 @@ def make_step(prior: str, folder: Path, device: torch.device, precision: str):
         from gen4d.guidance.stable_diffusion import StableDiffusionGuidance
 
         guid = StableDiffusionGuidance(model=str(folder), device=device, precision=precision, prompt_cache=str(folder / "prompts"))
-        emb = guid.encode_prompt("a dog riding a skateboard").to(device)
+        cond = Conditioning(prompt=guid.encode_prompt("a dog riding a skateboard"), azimuth_deg=torch.zeros(1), elevation_deg=torch.full((1,), 15.0))
         images = torch.rand(1, 3, 512, 512, device=device, requires_grad=True)
-        return (lambda step: sum(guid(images, emb, step, azimuth_deg=0.0, elevation_deg=15.0, generator=g).values())), guid.unet
+        return (lambda step: sum(guid(images, cond, step, generator=g).values())), guid.unet
     if prior == "mvdream":
         from gen4d.cameras import orbit_c2w
         from gen4d.guidance.mvdream import MVDreamConfig, MVDreamGuidance
 
         guid = MVDreamGuidance.from_pretrained(MVDreamConfig(model=str(folder), precision=precision)).place(device)
-        text = guid.encode_text(["a dog riding a skateboard"] * 4)
-        uncond = guid.encode_text([""] * 4)
         c2w = orbit_c2w(torch.tensor([0.0, 90.0, 180.0, 270.0]), 15.0, 2.0).float().to(device)
+        cond = Conditioning(prompt=guid.encode_prompt("a dog riding a skateboard"), c2w=c2w, num_views=4)
         images = torch.rand(4, 3, 256, 256, device=device, requires_grad=True)
-        return (lambda step: sum(guid(images, (text, uncond), c2w, step, generator=g).values())), guid.unet
+        return (lambda step: sum(guid(images, cond, step, generator=g).values())), guid.unet
     if prior == "zero123":
         from gen4d.guidance.zero123 import Zero123Config, Zero123Guidance
 
@@ -137,14 +139,15 @@ def make_step(prior: str, folder: Path, device: torch.device, precision: str):
         guid.prepare_reference(torch.rand(1, 3, 256, 256, device=device))
         images = torch.rand(1, 3, 256, 256, device=device, requires_grad=True)
         one = torch.ones(1, device=device)
-        return (lambda step: sum(guid(images, 15.0 * one, 60.0 * one, one, step, generator=g).values())), guid.unet
+        cond = Conditioning(elevation_deg=15.0 * one, azimuth_deg=60.0 * one, radius=one)
+        return (lambda step: sum(guid(images, cond, step, generator=g).values())), guid.unet
     if prior == "zeroscope":
         from gen4d.guidance.video_sds import VideoSDSConfig, VideoSDSGuidance
 
         guid = VideoSDSGuidance(VideoSDSConfig(model=str(folder), precision=precision, grad_frames=4), device=device)
-        emb = guid.encode_prompts("a dog riding a skateboard")
+        cond = Conditioning(prompt=guid.encode_prompt("a dog riding a skateboard"))
         video = torch.rand(1, 16, 3, 160, 288, device=device, requires_grad=True)
-        return (lambda step: sum(guid(video, emb, step, generator=g).values())), guid.unet
+        return (lambda step: sum(guid(video, cond, step, generator=g).values())), guid.unet
     raise SystemExit(f"unknown prior {prior!r}")
 
 

@@ -46,6 +46,23 @@ from unittest import mock
 
 import torch
 
+from gen4d.guidance.prompts import PromptEncoder
+from gen4d.models.registry import load_pretrained
+from gen4d.devices import resolve_device, resolve_precision
+from gen4d.recipes.motion import MotionTrainConfig, build_config
+
+from gen4d.testing import tiny_model_dir
+from gen4d.video.lora_files import save_motion_lora
+from gen4d.video.sampling import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_INVERSION_STEPS,
+    DEFAULT_STEPS,
+    TextToVideo,
+    load_motion_adapters,
+)
+from gen4d.video.train import MotionTrainer, TrainingClip, encode_clip
+from gen4d.video.unet3d import disable_gradient_checkpointing, enable_gradient_checkpointing
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers of the sibling benchmarks
 import bench_guidance
@@ -96,9 +113,6 @@ def time_latent_caching(folder: Path, pixels: torch.Tensor, device: torch.device
     """VAE loading, then ``encode_clip`` twice (first call, then the timed one), as ``cache_latents`` loads and calls
     it. Returns the record and the latents ``[C, F, h, w]``."""
     from diffusers import AutoencoderKL
-
-    from gen4d.guidance.registry import load_pretrained
-    from gen4d.video.train import encode_clip
 
     start = time.perf_counter()
     vae = load_pretrained(AutoencoderKL, str(folder), subfolder="vae").to(device).eval().requires_grad_(False)
@@ -163,15 +177,6 @@ def run_training(folder: Path, latents: torch.Tensor, embeddings: torch.Tensor, 
     setting asked for. Writes the trained LoRA to ``lora_dir`` (for the sampler). Returns (records, UNet load s)."""
     from diffusers import DDPMScheduler, UNet3DConditionModel
 
-    from gen4d.guidance.registry import load_pretrained
-    from gen4d.recipes.motion import build_config
-    from gen4d.video.lora import save_motion_lora
-    from gen4d.video.train import MotionTrainer, TrainingClip
-    from gen4d.video.unet3d import (
-        disable_gradient_checkpointing,
-        enable_gradient_checkpointing,
-    )
-
     cfg = build_config("default", [f"num_frames={args.frames}", f"height={args.size}", f"width={args.size}"])
     scheduler = load_pretrained(DDPMScheduler, str(folder), subfolder="scheduler")
     start = time.perf_counter()
@@ -212,8 +217,6 @@ def run_training(folder: Path, latents: torch.Tensor, embeddings: torch.Tensor, 
 def time_sampling(folder: Path, lora_dir: Path | None, prior: torch.Tensor, args, device: torch.device, precision: str) -> dict:
     """``TextToVideo`` with the trained temporal LoRA; a 1-step warm-up ``generate``, then one timed ``generate``
     split into inversion, sampling and decoding."""
-    from gen4d.video.sampling import TextToVideo, load_motion_adapters
-
     start = time.perf_counter()
     t2v = TextToVideo(str(folder), device, precision)
     adapters = load_motion_adapters(t2v.unet, temporal=lora_dir) if lora_dir is not None else {}
@@ -244,16 +247,10 @@ def time_sampling(folder: Path, lora_dir: Path | None, prior: torch.Tensor, args
 
 # ----------------------------------------------------------------------------------------------- the run
 def run(args) -> dict:
-    from gen4d.guidance.prompts import PromptEncoder
-    from gen4d.recipes.common import resolve_device
-    from gen4d.recipes.motion_sample import precision_for
-
     device = resolve_device(args.device)
-    precision = precision_for(args.precision, device)
+    precision = resolve_precision(args.precision, device)
     built_here = False
     if args.small:
-        from gen4d.testing import tiny_model_dir
-
         folder = tiny_model_dir("zeroscope")
     else:
         folder = Path(args.cache) / "zeroscope"
@@ -310,8 +307,6 @@ def recipe_estimate(training: list[dict], sampling: dict) -> dict | None:
     """A default ``gen4d motion train`` run also renders a preview every ``validation.every`` steps (DDIM with CFG,
     noise prior as configured, decoding) with the training UNet: the checkpointed steps plus those previews, each
     estimated from the measured sampling at the preview's step counts. Loading and latent caching come on top."""
-    from gen4d.recipes.motion import MotionTrainConfig
-
     main = next((r for r in training if r["checkpointing"] and r["status"] == "ok"), None)
     if main is None:
         return None
@@ -407,13 +402,6 @@ def print_table(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gen4d.recipes.motion import MotionTrainConfig
-    from gen4d.video.sampling import (
-        DEFAULT_GUIDANCE,
-        DEFAULT_INVERSION_STEPS,
-        DEFAULT_STEPS,
-    )
-
     defaults = MotionTrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available; --small: cpu)")

@@ -9,6 +9,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import gen4d.testing  # noqa: E402,F401  (registers the tiny model set)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -27,7 +29,7 @@ def one_thread():
 @pytest.fixture
 def restore_model_set():
     """Tests that switch ``--models`` (through the CLI) leave the registry's model set as they found it."""
-    from gen4d.guidance import registry
+    from gen4d.models import registry
 
     before = registry.model_set()
     yield
@@ -37,7 +39,7 @@ def restore_model_set():
 @pytest.fixture
 def tiny_models(restore_model_set):
     """Registry names resolve to tiny random models for the test."""
-    from gen4d.guidance import registry
+    from gen4d.models import registry
 
     registry.set_model_set("tiny")
 

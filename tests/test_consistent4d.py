@@ -6,6 +6,7 @@ four evaluation cameras as ground truth, both through cameras built here from th
 through the library's camera code.
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -40,15 +41,17 @@ from gen4d.data.preprocess import load_video_frames
 from gen4d.eval.metrics import psnr
 from gen4d.fields.deformation import DeformationConfig
 from gen4d.gaussians.model import GaussianModel
-from gen4d.guidance import registry
+from gen4d.models import registry
 from gen4d.recipes.evaluate import (
     build_eval_config,
     load_metric_models,
     run_eval,
     score_renders,
 )
-from gen4d.recipes.scene import Scene4D
-from gen4d.runs import RunDir
+from gen4d.config import config_yaml
+from gen4d.recipes.dg4d import DG4DConfig
+from gen4d.runs import AssetInfo, RunDir, load_finished_run, read_asset_info, write_asset_info
+from gen4d.scene import Scene4D
 
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
@@ -139,13 +142,12 @@ def write_dataset(root: Path, scene: Scene4D, name: str = "toy") -> Path:
 
 def write_run(run_dir: Path, scene: Scene4D, input_dir: Path, n_frames: int = T) -> Path:
     """A finished video->4D run directory as ``gen4d video`` leaves it (config, final checkpoint, driving frames)."""
-    from gen4d.recipes.common import config_yaml
-    from gen4d.recipes.dg4d import DG4DConfig
-
+    cfg = DG4DConfig(input=str(input_dir), mode="video", size=RUN_SIZE)
     run = RunDir(run_dir)
-    run.prepare(config_yaml(DG4DConfig(input=str(input_dir), mode="video", size=RUN_SIZE)), "gen4d video (test)")
-    run.save_checkpoint("static", {f"scene.{k}": v for k, v in scene.tensors().items() if k.startswith("gaussians.")}, {"stage": "static", "complete": True})
-    run.save_checkpoint("dynamic", {f"scene.{k}": v for k, v in scene.tensors().items()}, {"stage": "dynamic", "complete": True})
+    run.prepare(config_yaml(cfg), "gen4d video (test)")
+    run.save_checkpoint("static", {f"model.{k}": v for k, v in scene.tensors().items() if k.startswith("gaussians.")}, {"stage": "static", "complete": True})
+    run.save_checkpoint("dynamic", {f"model.{k}": v for k, v in scene.tensors().items()}, {"stage": "dynamic", "complete": True})
+    write_asset_info(run, AssetInfo(final_stage="dynamic", frames=n_frames, radius=cfg.camera_radius, deformation=dataclasses.asdict(cfg.deformation)))
     frames = run.stage_dir("driving") / "frames"
     frames.mkdir(parents=True)
     for i in range(n_frames):
@@ -353,16 +355,16 @@ def test_missing_metric_weights_name_the_file_to_download(benchmark, tmp_path, m
     assert not (tmp_path / "empty-cache").exists()
 
 
-def test_load_finished_run_picks_the_last_finished_stage(tmp_path, benchmark):
-    from gen4d.recipes.reconstruct import load_finished_run
-
+def test_load_finished_run_loads_the_final_stage_the_run_names(tmp_path, benchmark):
     _, run, _, _ = benchmark
     finished = load_finished_run(run, device="cpu")
-    assert finished.stage == "dynamic" and finished.scene.deformation is not None
+    assert finished.asset.final_stage == "dynamic" and finished.scene.deformation is not None
     assert finished.config["camera_radius"] == 2.5
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     ckpt = RunDir(copy).load_checkpoint("dynamic")
     RunDir(copy).save_checkpoint("refine", ckpt[0], {"stage": "refine", "complete": False})
-    with pytest.raises(Gen4DError, match="no finished stage"):
+    asset = read_asset_info(RunDir(copy))
+    write_asset_info(RunDir(copy), dataclasses.replace(asset, final_stage="refine"))
+    with pytest.raises(Gen4DError, match="not finished its refine stage"):
         load_finished_run(copy, device="cpu")

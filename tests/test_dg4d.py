@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gen4d.cameras import frame_times, orbit_cameras
 from gen4d.cli import main
+from gen4d.data.videos import read_video
 from gen4d.export.animated_glb import read_animated_glb
-from gen4d.export.video import read_video
-from gen4d.guidance import registry
+from gen4d.export.ply import load_inria_ply, save_inria_ply
+from gen4d.gaussians.frame import GaussianFrame
+from gen4d.models import registry
+from gen4d.recipes.dg4d import build_config, run_dg4d
+from gen4d.runs import load_finished_run
 
 
 pytestmark = pytest.mark.usefixtures("restore_model_set")
@@ -86,8 +91,6 @@ def test_driving_video_generated_by_svd_and_video_mode(tmp_path):
 
 
 def test_rerun_after_an_interruption_does_not_redo_the_static_stage(tmp_path):
-    from gen4d.recipes.dg4d import build_config, run_dg4d
-
     image = tmp_path / "image.png"
     disc(24, 24).save(image)
     registry.set_model_set("tiny")
@@ -128,9 +131,6 @@ def test_static_gaussians_from_a_ply_and_a_frozen_dynamic_stage(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from gen4d.export.ply import load_inria_ply, save_inria_ply
-    from gen4d.gaussians.frame import GaussianFrame
-
     g = torch.Generator().manual_seed(0)
     n = 200
     frame = GaussianFrame(
@@ -147,10 +147,10 @@ def test_static_gaussians_from_a_ply_and_a_frozen_dynamic_stage(tmp_path):
     assert not (out / "stages" / "static").exists()
     final = load_file(str(out / "stages" / "dynamic" / "checkpoint.safetensors"))
     loaded = load_inria_ply(ply)
-    assert torch.allclose(final["scene.gaussians.means"], loaded.means)
-    assert torch.allclose(final["scene.gaussians.sh0"], loaded.sh[:, :1])
+    assert torch.allclose(final["model.gaussians.means"], loaded.means)
+    assert torch.allclose(final["model.gaussians.sh0"], loaded.sh[:, :1])
     # the field did train: some deformation parameter moved away from its zero initialisation
-    heads = [v for k, v in final.items() if k.startswith("scene.deformation.") and "head.2.weight" in k]
+    heads = [v for k, v in final.items() if k.startswith("model.deformation.") and "head.2.weight" in k]
     assert heads and any(float(h.abs().max()) > 0 for h in heads)
 
 
@@ -182,9 +182,6 @@ def test_dynamic_stage_follows_the_driving_video(tmp_path):
     The rendered alpha's centroid at the input camera follows the driving frames' (the static stage alone would leave
     it where frame 0 has it), and metrics.json reports the input-view fit."""
     import torch
-
-    from gen4d.cameras import frame_times, orbit_cameras
-    from gen4d.recipes.reconstruct import load_finished_run
 
     out = tmp_path / "run"
     args = [

@@ -13,7 +13,7 @@ from test_dg4d import TINY, disc, frames_dir
 from gen4d.cli import main
 from gen4d.guidance.svd import StableVideoDiffusion
 from gen4d.recipes.dg4d import build_config, orbit_clip_cameras, run_dg4d
-from gen4d.recipes.scene import Scene4D
+from gen4d.scene import Scene4D
 
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
@@ -55,10 +55,10 @@ def test_refine_changes_only_the_colours(tmp_path):
     assert metrics["iterations"] == 8 and set(metrics["stages"]) == {"static", "dynamic", "refine"}
     before, after = checkpoint(out, "dynamic"), checkpoint(out, "refine")
     for name in FROZEN:
-        assert torch.equal(before[f"scene.gaussians.{name}"], after[f"scene.gaussians.{name}"]), name
-    field = [k for k in before if k.startswith("scene.deformation.")]
+        assert torch.equal(before[f"model.gaussians.{name}"], after[f"model.gaussians.{name}"]), name
+    field = [k for k in before if k.startswith("model.deformation.")]
     assert field and all(torch.equal(before[k], after[k]) for k in field)
-    assert not torch.equal(before["scene.gaussians.sh0"], after["scene.gaussians.sh0"])
+    assert not torch.equal(before["model.gaussians.sh0"], after["model.gaussians.sh0"])
     rounds = sorted((out / "stages" / "refine" / "targets").glob("round_*.safetensors"))
     assert [p.name for p in rounds] == ["round_0000.safetensors", "round_0001.safetensors"]
     targets = load_file(str(rounds[0]))["frames"]
@@ -79,7 +79,7 @@ def test_colour_refinement_lowers_the_error_to_the_targets(tmp_path, monkeypatch
     cams = orbit_clip_cameras(start, 5, 32, cfg.camera_radius, torch.deg2rad(torch.tensor(cfg.fov_deg)).item(), cfg.refine.azimuth_step)
     errors = []
     for stage in ("dynamic", "refine"):
-        tensors = {k[len("scene."):]: v for k, v in checkpoint(out, stage).items() if k.startswith("scene.")}
+        tensors = {k[len("model."):]: v for k, v in checkpoint(out, stage).items() if k.startswith("model.")}
         scene = Scene4D.from_tensors(tensors, 0, cfg.deformation)
         with torch.no_grad():
             rgb = scene.render(cams, background=torch.ones(3)).rgb
@@ -107,7 +107,7 @@ def test_resume_reads_the_targets_back(tmp_path, monkeypatch):
     # the resumed run ends where an uninterrupted one does
     whole = tmp_path / "whole"
     run_dg4d(cfg, whole, quiet=True)
-    assert torch.equal(checkpoint(out, "refine")["scene.gaussians.sh0"], checkpoint(whole, "refine")["scene.gaussians.sh0"])
+    assert torch.equal(checkpoint(out, "refine")["model.gaussians.sh0"], checkpoint(whole, "refine")["model.gaussians.sh0"])
 
 
 @pytest.mark.parametrize("setting, message", [("refine.resolution=30", "multiple of 8"), ("refine.strength=1.5", "strength")])

@@ -11,18 +11,15 @@ import torch
 
 from gen4d import Gen4DError
 from gen4d.cameras import orbit_c2w
-from gen4d.guidance.mvdream import (
+from gen4d.guidance.base import Conditioning
+from gen4d.guidance.mvdream import MVDreamConfig, MVDreamGuidance, mvdream_camera
+from gen4d.guidance.mvdream_checkpoint import (
     MVDREAM_SD21_UNET,
-    MultiViewAttnProcessor,
-    MVDreamConfig,
-    MVDreamGuidance,
     convert_mvdream_checkpoint,
-    mvdream_camera,
-    set_multiview_attention,
-    set_num_views,
     unet_config_from_mvdream,
     unet_state_dict_to_original,
 )
+from gen4d.guidance.mvdream_unet import MultiViewAttnProcessor, set_multiview_attention, set_num_views
 from gen4d.testing.tiny_mvdream import (
     TINY_MVDREAM_UNET,
     make_tiny_mvdream,
@@ -147,10 +144,10 @@ def test_camera_conditioning_changes_prediction(guidance):
     V = 4
     x = torch.randn(V, 4, 8, 8)
     t = torch.full((V,), 300)
-    text = torch.randn(1, 77, 32).expand(V, -1, -1)
+    prompt = guidance.encode_prompt("a red chair")
     with torch.no_grad():
-        a = guidance.predict_noise(x, t, text, mvdream_camera(_cams(V)), V)
-        b = guidance.predict_noise(x, t, text, mvdream_camera(_cams(V, start=45.0)), V)
+        a, _ = guidance.predict_noise(x, t, Conditioning(prompt=prompt, c2w=_cams(V), num_views=V))
+        b, _ = guidance.predict_noise(x, t, Conditioning(prompt=prompt, c2w=_cams(V, start=45.0), num_views=V))
     assert (a - b).abs().max() > 1e-4
 
 
@@ -158,9 +155,10 @@ def test_camera_conditioning_changes_prediction(guidance):
 def test_sds_loss_gradients_reach_images_not_unet(guidance):
     V = 4
     images = torch.rand(2 * V, 3, 48, 48, requires_grad=True)  # resized to 64 inside
-    cond = guidance.encode_text(["a red chair", "a blue car"])
-    uncond = guidance.encode_text([""])
-    losses = guidance(images, (cond, uncond), _cams(2 * V), step=0, generator=torch.Generator().manual_seed(0))
+    cond = Conditioning(prompt=guidance.encode_prompt("a red chair"), c2w=_cams(2 * V), num_views=V)
+    losses = guidance(images, cond, step=0, generator=torch.Generator().manual_seed(0))
+    t = guidance.last_info["t"]
+    assert torch.equal(t[:V], t[:1].expand(V)) and torch.equal(t[V:], t[V:V + 1].expand(V))  # one t per object
     assert set(losses) == {"loss_sds"}
     loss = losses["loss_sds"]
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -173,7 +171,7 @@ def test_sds_loss_gradients_reach_images_not_unet(guidance):
 
 def test_call_rejects_partial_view_groups(guidance):
     with pytest.raises(ValueError):
-        guidance(torch.rand(6, 3, 64, 64), (torch.zeros(1, 77, 32), torch.zeros(1, 77, 32)), _cams(6), step=0)
+        guidance(torch.rand(6, 3, 64, 64), Conditioning(prompt=guidance.encode_prompt(""), c2w=_cams(6)), step=0)
 
 
 # ------------------------------------------------------------------------------------------------ converter

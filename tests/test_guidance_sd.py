@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gen4d import Gen4DError
+from gen4d.guidance.base import Conditioning
 from gen4d.guidance.prompts import (
     DIRECTIONS,
     PromptEncoder,
@@ -51,6 +52,20 @@ def _alpha(g, t, like):
 def _unet(g, x, t, c):
     with torch.no_grad():
         return g.unet(x, t, encoder_hidden_states=c).sample
+
+
+class latent_renders:
+    """The prior takes SD latents as its renders inside the block."""
+
+    def __init__(self, guidance):
+        self.guidance = guidance
+
+    def __enter__(self):
+        self.guidance.config.latent_renders = True
+        return self.guidance
+
+    def __exit__(self, *exc):
+        self.guidance.config.latent_renders = False
 
 
 def test_tiny_kit_layout(kit, sd):
@@ -103,8 +118,10 @@ def test_sds_gradient_equals_formula(sd, emb):
     noise = torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([100, 700])
     cond, uncond = emb.get(2)
-    out, info = sd.sds_latents(latents, cond, uncond, step=0, t=t, noise=noise, return_info=True)
-    assert set(out) == {"loss_sds"} and info is sd.last_info
+    with latent_renders(sd):
+        out = sd(latents, Conditioning(prompt=emb), step=0, t=t, noise=noise)
+    info = sd.last_info
+    assert set(out) == {"loss_sds"}
     out["loss_sds"].backward()
 
     a = _alpha(sd, t, latents)
@@ -116,13 +133,14 @@ def test_sds_gradient_equals_formula(sd, emb):
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(latents.grad, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(info["grad_norm"], expected.norm(), atol=1e-4, rtol=1e-4)
-    assert torch.equal(info["timesteps"], t)
+    assert torch.equal(info["t"], t)
     assert not info["grad_norm"].requires_grad
 
 
 def test_no_unet_gradient_images_get_gradient(sd, emb):
     images = torch.rand(2, 3, 20, 20).requires_grad_(True)  # resized to the model's 16x16
-    out = sd(images, emb, step=0, azimuth_deg=[0.0, 180.0], elevation_deg=[0.0, 0.0], generator=torch.Generator().manual_seed(0))
+    cond = Conditioning(prompt=emb, azimuth_deg=torch.tensor([0.0, 180.0]), elevation_deg=torch.tensor([0.0, 0.0]))
+    out = sd(images, cond, step=0, generator=torch.Generator().manual_seed(0))
     assert set(out) == {"loss_sds"}
     out["loss_sds"].backward()
     assert all(p.grad is None for p in sd.unet.parameters())
@@ -142,11 +160,11 @@ def test_memory_options(kit, cache_dir, sd):
     x = torch.randn(2, 4, 8, 8)
     c = torch.randn(2, 77, 32)
     t = torch.tensor([10, 900])
-    torch.testing.assert_close(sliced.predict_noise(x, t, c), base.predict_noise(x, t, c), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sliced.unet_noise(x, t, c), base.unet_noise(x, t, c), atol=1e-5, rtol=1e-4)
     bf = StableDiffusionGuidance(model=str(kit), precision="bf16", prompt_cache=str(cache_dir))
     assert next(bf.unet.parameters()).dtype == torch.bfloat16
     img = torch.rand(1, 3, 16, 16).requires_grad_(True)
-    out = bf(img, bf.encode_prompt("a small red car"), step=0, generator=torch.Generator().manual_seed(0))
+    out = bf(img, Conditioning(prompt=bf.encode_prompt("a small red car")), step=0, generator=torch.Generator().manual_seed(0))
     out["loss_sds"].backward()
     assert out["loss_sds"].dtype == torch.float32 and torch.isfinite(img.grad).all()
 
@@ -208,13 +226,19 @@ def test_vsd_lora_identity_and_gradients(vsd, emb):
 
     # B = 0 at init: the LoRA UNet equals the pretrained one without CFG, exactly
     with torch.no_grad():
-        eps_lora = vsd.predict_noise_lora(x_t, t, cond)
+        eps_lora = vsd.unet_noise(x_t, t, cond)
         with vsd.adapters_disabled():
-            eps_pre_c = vsd.predict_noise(x_t, t, cond)
-            eps_pre_u = vsd.predict_noise(x_t, t, uncond)
+            eps_pre_c = vsd.unet_noise(x_t, t, cond)
+            eps_pre_u = vsd.unet_noise(x_t, t, uncond)
     assert torch.equal(eps_lora, eps_pre_c)
 
-    out = vsd.vsd_latents(latents, cond, uncond, t=t, noise=noise)
+    vsd.config.train_lora = False
+    try:
+        with latent_renders(vsd):
+            out = vsd(latents, Conditioning(prompt=emb), t=t, noise=noise)
+    finally:
+        vsd.config.train_lora = True
+    assert set(out) == {"loss_vsd"}
     out["loss_vsd"].backward()
     assert all(p.grad is None for p in vsd.unet.parameters())  # LoRA included
     expected = (1 - a) * (eps_pre_u + 7.5 * (eps_pre_c - eps_pre_u) - eps_lora)
@@ -235,9 +259,9 @@ def test_vsd_lora_identity_and_gradients(vsd, emb):
         with torch.no_grad():
             for p in lora:
                 p.add_(0.1 * torch.randn_like(p))
-            assert not torch.allclose(vsd.predict_noise_lora(x_t, t, cond), eps_pre_c)
+            assert not torch.allclose(vsd.unet_noise(x_t, t, cond), eps_pre_c)
             with vsd.adapters_disabled():
-                assert torch.equal(vsd.predict_noise(x_t, t, cond), eps_pre_c)
+                assert torch.equal(vsd.unet_noise(x_t, t, cond), eps_pre_c)
     finally:
         with torch.no_grad():
             for p, s in zip(lora, saved):
@@ -247,8 +271,9 @@ def test_vsd_lora_identity_and_gradients(vsd, emb):
 
 def test_vsd_call_returns_both_losses(vsd, emb):
     images = torch.rand(1, 3, 16, 16).requires_grad_(True)
-    out = vsd(images, emb, step=0, azimuth_deg=90.0, elevation_deg=0.0, generator=torch.Generator().manual_seed(3))
-    assert set(out) == {"loss_vsd", "loss_lora"} and set(vsd.last_info) == {"grad_norm", "timesteps"}
+    cond = Conditioning(prompt=emb, azimuth_deg=torch.tensor([90.0]), elevation_deg=torch.tensor([0.0]))
+    out = vsd(images, cond, step=0, generator=torch.Generator().manual_seed(3))
+    assert set(out) == {"loss_vsd", "loss_lora"} and {"grad_norm", "t"} <= set(vsd.last_info)
     (out["loss_vsd"] + out["loss_lora"]).backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert any(p.grad is not None for p in vsd.lora_parameters())
@@ -265,7 +290,7 @@ def test_missing_weights_offline(monkeypatch):
 
 
 def test_models_tiny_swaps_registry_names_for_tiny_models(tmp_path, monkeypatch):
-    from gen4d.guidance import registry
+    from gen4d.models import registry
 
     monkeypatch.setenv("GEN4D_CACHE", str(tmp_path))
     monkeypatch.setattr(registry, "_model_set", "real")
@@ -284,7 +309,7 @@ def test_transformers_models_load_in_float32_whatever_dtype_their_config_names(t
     load them in half precision, which the priors (fp32 on the CPU) cannot mix with fp32 inputs."""
     from transformers import CLIPTextModel
 
-    from gen4d.guidance.registry import load_pretrained
+    from gen4d.models.registry import load_pretrained
     from gen4d.testing.components import tiny_text_encoder_config
 
     model = CLIPTextModel(tiny_text_encoder_config()).half()

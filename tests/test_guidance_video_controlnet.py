@@ -6,14 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from gen4d import Gen4DError
-from gen4d.guidance.controlnet_tile import (
-    ControlNetTileConfig,
-    ControlNetTileGuidance,
-    encode_prompt,
-    expand_textual_inversion_prompt,
-    load_textual_inversion,
-)
-from gen4d.guidance.video_sds import VideoSDSConfig, VideoSDSGuidance, encode_pixels
+from gen4d.guidance.base import Conditioning
+from gen4d.guidance.controlnet_tile import ControlNetTileConfig, ControlNetTileGuidance
+from gen4d.guidance.prompts import encode_prompt
+from gen4d.guidance.textual_inversion import expand_textual_inversion_prompt, load_textual_inversion
+from gen4d.guidance.vae import encode_latents
+from gen4d.guidance.video_sds import VideoSDSConfig, VideoSDSGuidance
 from gen4d.testing.tiny_controlnet import make_tiny_sd15_controlnet
 
 
@@ -39,21 +37,21 @@ def _video_grad(g, video, emb, indices, grad_frames=0, seed=0):
     v = video.clone().requires_grad_(True)
     t = torch.tensor([500])
     noise = torch.randn((1, 4, video.shape[1], 4, 8), generator=torch.Generator().manual_seed(1))
-    out = g(v, emb, step=0, generator=torch.Generator().manual_seed(seed), t=t, noise=noise)
+    out = g(v, Conditioning(prompt=emb), step=0, generator=torch.Generator().manual_seed(seed), t=t, noise=noise)
     out["loss_sds_video"].backward()
     return out["loss_sds_video"].detach(), v.grad
 
 
 def test_video_partial_vae_encode_matches_full(video_guidance):
     g = video_guidance
-    emb = g.encode_prompts(["a corgi running"])
+    emb = g.encode_prompt("a corgi running")
     video = torch.rand(1, 4, 3, 16, 32)
     loss_full, grad_full = _video_grad(g, video, emb, None)
-    assert g.last["grad_frames"] == [0, 1, 2, 3]
-    assert g.last["vae_input_size"] == (32, 64)  # upsampled to the model resolution before encoding
-    assert g.last["latent_shape"] == (1, 4, 4, 4, 8)  # B, C, T, H/8, W/8
+    assert g.last_info["grad_frames"] == [0, 1, 2, 3]
+    assert g.last_info["vae_input_size"] == (32, 64)  # upsampled to the model resolution before encoding
+    assert g.last_info["latents"].shape == (1, 4, 4, 4, 8)  # B, C, T, H/8, W/8
     loss_part, grad_part = _video_grad(g, video, emb, (1, 3))
-    assert g.last["grad_frames"] == [1, 3]
+    assert g.last_info["grad_frames"] == [1, 3]
     assert torch.allclose(loss_full, loss_part)
     assert (grad_full.abs().flatten(2).sum(-1) > 0).all()
     assert torch.allclose(grad_part[:, [1, 3]], grad_full[:, [1, 3]], rtol=1e-4, atol=1e-7)
@@ -61,7 +59,7 @@ def test_video_partial_vae_encode_matches_full(video_guidance):
     # random subset of grad_frames frames per call
     _, grad_rand = _video_grad(g, video, emb, None, grad_frames=2, seed=3)
     assert int((grad_rand.abs().flatten(2).sum(-1) > 0).sum()) == 2
-    assert len(g.last["grad_frames"]) == 2
+    assert len(g.last_info["grad_frames"]) == 2
     # no gradient ever reaches the frozen networks
     for m in (g.unet, g.vae, g.text_encoder):
         assert all(p.grad is None and not p.requires_grad for p in m.parameters())
@@ -70,29 +68,30 @@ def test_video_partial_vae_encode_matches_full(video_guidance):
 
 def test_video_upsampling_applied(video_guidance):
     g = video_guidance
-    emb = g.encode_prompts(["a corgi running"])
+    emb = g.encode_prompt("a corgi running")
     video = torch.rand(1, 3, 3, 16, 32)
     post = torch.randn((1, 3, 4, 4, 8), generator=torch.Generator().manual_seed(2))
     lat = g.encode_video(video, [0, 1, 2], post)
     up = F.interpolate(video.flatten(0, 1), size=(32, 64), mode="bilinear", align_corners=False)
-    ref = encode_pixels(g.vae, up, post.flatten(0, 1), torch.float32).reshape(1, 3, 4, 4, 8).transpose(1, 2)
+    ref = encode_latents(g.vae, up, noise=post.flatten(0, 1)).reshape(1, 3, 4, 4, 8).transpose(1, 2)
     assert torch.allclose(lat, ref, atol=1e-6)
     # a nearest-neighbour upsampling would give other latents: the bilinear resize is what is applied
     near = F.interpolate(video.flatten(0, 1), size=(32, 64), mode="nearest")
-    ref_near = encode_pixels(g.vae, near, post.flatten(0, 1), torch.float32).reshape(1, 3, 4, 4, 8).transpose(1, 2)
+    ref_near = encode_latents(g.vae, near, noise=post.flatten(0, 1)).reshape(1, 3, 4, 4, 8).transpose(1, 2)
     assert not torch.allclose(lat, ref_near, atol=1e-6)
-    out = g(video, emb, step=0, generator=torch.Generator().manual_seed(0))
+    out = g(video, Conditioning(prompt=emb), step=0, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss_sds_video"])
 
 
 def test_video_sds_gradient_is_weighted_residual(video_guidance, monkeypatch):
     g = video_guidance
-    cond, uncond = g.encode_prompts(["a corgi running"])
+    emb = g.encode_prompt("a corgi running")
+    cond, uncond = emb.get(1)
     leaf = torch.randn(1, 4, 3, 4, 8, requires_grad=True)
     monkeypatch.setattr(g, "encode_video", lambda *a, **k: leaf)
     t = torch.tensor([700])
     noise = torch.randn(1, 4, 3, 4, 8)
-    out = g(torch.rand(1, 3, 3, 16, 32), (cond, uncond), step=0, t=t, noise=noise)
+    out = g(torch.rand(1, 3, 3, 16, 32), Conditioning(prompt=emb), step=0, t=t, noise=noise)
     out["loss_sds_video"].backward()
     a = g.alphas_cumprod[700]
     x_t = a.sqrt() * leaf.detach() + (1 - a).sqrt() * noise
@@ -159,17 +158,17 @@ def test_textual_inversion_formats_and_errors(sd_dir, tmp_path):
 
 def test_controlnet_changes_prediction(cn_guidance):
     g = cn_guidance
-    cond, _ = g.encode_prompts(["a photo of a dog"])
+    cond, _ = g.encode_prompt("a photo of a dog").get(1)
     x_t = torch.randn(1, 4, 4, 4)
     t = torch.tensor([400])
     control = g.control_image(torch.rand(1, 3, 24, 24))
     assert control.shape == (1, 3, 32, 32)
-    plain = g.predict_noise(x_t, t, cond)
-    off = g.predict_noise(x_t, t, cond, control, conditioning_scale=0.0)
-    on = g.predict_noise(x_t, t, cond, control, conditioning_scale=1.0)
+    plain = g.unet_noise(x_t, t, cond)
+    off = g.unet_noise(x_t, t, cond, control, conditioning_scale=0.0)
+    on = g.unet_noise(x_t, t, cond, control, conditioning_scale=1.0)
     assert torch.allclose(off, plain, atol=1e-6)
     assert (on - plain).abs().max() > 1e-4
-    other = g.predict_noise(x_t, t, cond, g.control_image(torch.rand(1, 3, 24, 24)), conditioning_scale=1.0)
+    other = g.unet_noise(x_t, t, cond, g.control_image(torch.rand(1, 3, 24, 24)), conditioning_scale=1.0)
     assert (other - on).abs().max() > 1e-5
 
 
@@ -177,13 +176,13 @@ def test_controlnet_sds_call(cn_guidance, sd_dir, tmp_path):
     g = cn_guidance
     torch.save({"<obj>": torch.randn(32)}, tmp_path / "learned_embeds.bin")
     assert g.load_textual_inversion(tmp_path / "learned_embeds.bin") == ["<obj>"]
-    emb = g.encode_prompts(["a photo of <obj>", "a photo of <obj>"])
+    emb = g.encode_prompt("a photo of <obj>")
     images = torch.rand(2, 3, 24, 24, requires_grad=True)
-    out = g(images, emb, step=10, generator=torch.Generator().manual_seed(0))
+    out = g(images, Conditioning(prompt=emb), step=10, generator=torch.Generator().manual_seed(0))
     assert set(out) == {"loss_sds"}
     out["loss_sds"].backward()
     assert images.grad.abs().sum() > 0
-    assert g.last["control"].shape == (2, 3, 32, 32) and not g.last["control"].requires_grad
+    assert g.last_info["control"].shape == (2, 3, 32, 32) and not g.last_info["control"].requires_grad
     for m in (g.unet, g.controlnet, g.vae, g.text_encoder):
         assert all(p.grad is None and not p.requires_grad for p in m.parameters())
     # blurred control image (tile model input): still at model resolution, smoother than the render

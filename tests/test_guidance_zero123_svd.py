@@ -13,6 +13,7 @@ import torch
 from gen4d import Gen4DError
 from gen4d.guidance.sds import TimestepSchedule
 from gen4d.guidance.svd import StableVideoDiffusion, SVDConfig
+from gen4d.guidance.base import Conditioning
 from gen4d.guidance.zero123 import CLIPCameraProjection, Zero123Config, Zero123Guidance, camera_embedding
 from gen4d.testing.tiny_svd import make_tiny_svd
 from gen4d.testing.tiny_zero123 import make_tiny_zero123
@@ -87,14 +88,17 @@ def test_zero123_pose_changes_prediction(z123):
     x_t = torch.randn(1, 4, 32, 32, generator=gen)
     t = torch.tensor([500])
     cams = z123.camera_embedding(torch.tensor([10.0, 10.0, 40.0]), torch.tensor([20.0, 110.0, 20.0]), torch.tensor([2.0, 2.0, 2.0]))
-    outs = [z123.predict_noise(x_t, t, cams[i : i + 1]) for i in range(3)]
-    (u0, c0), (u1, c1), (u2, c2) = outs
+    el, az, r = torch.tensor([10.0, 10.0, 40.0]), torch.tensor([20.0, 110.0, 20.0]), torch.tensor([2.0, 2.0, 2.0])
+    conds = [Conditioning(elevation_deg=el[i : i + 1], azimuth_deg=az[i : i + 1], radius=r[i : i + 1]) for i in range(3)]
+    outs = [z123.predict_noise(x_t, t, c) for c in conds]
+    (c0, u0), (c1, u1), (c2, u2) = outs
     assert (c0 - c1).abs().max() > 1e-4  # azimuth change
     assert (c0 - c2).abs().max() > 1e-4  # elevation change
     # the unconditional branch sees neither the pose nor the reference
     assert torch.allclose(u0, u1, atol=1e-5) and torch.allclose(u0, u2, atol=1e-5)
     # batched prediction equals per-sample prediction
-    ub, cb = z123.predict_noise(x_t.expand(3, -1, -1, -1), t.expand(3), cams)
+    cb, ub = z123.predict_noise(x_t.expand(3, -1, -1, -1), t.expand(3), Conditioning(elevation_deg=el, azimuth_deg=az, radius=r))
+    assert torch.equal(z123.camera_embedding(el, az, r), cams)
     assert torch.allclose(cb[1:2], c1, atol=1e-4)
 
 
@@ -104,9 +108,8 @@ def test_zero123_sds_gradient(z123):
     noise = torch.randn(2, 4, 32, 32, generator=gen)
     t = torch.tensor([300, 700])
     el, az, r = torch.tensor([10.0, 35.0]), torch.tensor([60.0, -80.0]), torch.tensor([2.0, 2.2])
-    out = z123(imgs, el, az, r, step=0, t=t, noise=noise, return_aux=True)
-    loss, lat = out["loss_sds"], out["latents"]
-    (g_lat,) = torch.autograd.grad(loss, lat, retain_graph=True)
+    out = z123(imgs, Conditioning(elevation_deg=el, azimuth_deg=az, radius=r), step=0, t=t, noise=noise)
+    loss, lat = out["loss_sds"], z123.last_info["latents"]
     loss.backward()
     assert imgs.grad is not None and imgs.grad.abs().sum() > 0
     for m in (z123.unet, z123.vae, z123.image_encoder, z123.clip_camera_projection):
@@ -127,8 +130,12 @@ def test_zero123_sds_gradient(z123):
         w = (1 - z123.alphas_cumprod[t]).view(-1, 1, 1, 1)
         expected = w * (eps_hat - noise)
     assert z123.config.guidance_scale == 3.0
-    assert torch.allclose(out["eps_hat"], eps_hat, atol=1e-4)
-    assert torch.allclose(g_lat, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(z123.last_info["eps_hat"], eps_hat, atol=1e-4)
+    assert torch.allclose(z123.last_info["grad_norm"], expected.norm(), atol=1e-4, rtol=1e-4)
+    # the images' gradient is the VAE encoder's vector-Jacobian product with w(t) (eps_hat - eps)
+    again = imgs.detach().clone().requires_grad_(True)
+    (vjp,) = torch.autograd.grad(z123.encode_images(again), again, expected)
+    assert torch.allclose(imgs.grad, vjp, atol=1e-5, rtol=1e-4)
 
 
 def test_zero123_timestep_annealing(z123_dir):
@@ -141,7 +148,7 @@ def test_zero123_timestep_annealing(z123_dir):
 def test_zero123_needs_reference(z123_dir):
     g = Zero123Guidance(Zero123Config(model=str(z123_dir)))
     with pytest.raises(RuntimeError, match="prepare_reference"):
-        g(torch.rand(1, 3, 64, 64), 0.0, 0.0, 1.0)
+        g(torch.rand(1, 3, 64, 64), Conditioning(elevation_deg=torch.zeros(1), azimuth_deg=torch.zeros(1), radius=torch.ones(1)))
 
 
 # ----------------------------------------------------------------------------------------------------------- SVD

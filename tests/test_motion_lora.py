@@ -13,18 +13,15 @@ from gen4d.video.lora import (
     TEMPORAL,
     active_lora_scales,
     configure_adapters,
-    convert_motiondirector_checkpoint,
-    convert_motiondirector_lora,
     disable_lora,
     inject_motion_lora,
-    load_motion_lora,
     lora_parameters,
-    motiondirector_order,
-    save_motion_lora,
     set_lora_scale,
     spatial_lora_targets,
     temporal_lora_targets,
 )
+from gen4d.video.lora_convert import convert_motiondirector_checkpoint, convert_motiondirector_lora, motiondirector_order
+from gen4d.video.lora_files import load_motion_lora, save_motion_lora
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

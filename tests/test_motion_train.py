@@ -14,15 +14,16 @@ from safetensors.torch import load_file
 from gen4d import Gen4DError
 from gen4d.data.videos import read_video_clip, split_clips
 from gen4d.export.video import write_video
-from gen4d.recipes.motion import MotionTrainConfig, run_motion_train
+from gen4d.models import registry
+from gen4d.recipes.motion import MotionTrainConfig, ValidationSettings, run_motion_train
 from gen4d.video.lora import (
     SPATIAL,
     TEMPORAL,
     active_lora_scales,
     inject_motion_lora,
-    load_motion_lora,
     lora_parameters,
 )
+from gen4d.video.lora_files import load_motion_lora
 from gen4d.video.train import (
     DualPathSettings,
     LoraSettings,
@@ -303,7 +304,7 @@ def test_run_motion_train_end_to_end_and_resume(t2v_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
     assert (out / "config.yaml").exists() and "started" in (out / "log.txt").read_text()
     for i, frames in enumerate(([0, 1, 2, 3], [4, 5, 6, 7])):  # 9 frames -> two 4-frame clips
-        latents, prompt, meta = load_clip_latents(out / "latents" / f"clip_{i:04d}.safetensors")
+        latents, prompt, meta = load_clip_latents(out / "stages" / "latents" / f"clip_{i:04d}.safetensors")
         assert latents.shape == (4, 4, 4, 4)  # [C, F, H/8, W/8]
         assert prompt == "an orange square slides right" and meta["frames"] == frames
         assert meta["scaling_factor"] == pytest.approx(0.18215)
@@ -335,9 +336,6 @@ def test_run_motion_train_end_to_end_and_resume(t2v_dir, tmp_path):
 
 
 def test_appearance_from_images_with_tiny_registry_model(tmp_path):
-    from gen4d.guidance import registry
-    from gen4d.recipes.motion import ValidationSettings
-
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -368,11 +366,11 @@ def test_appearance_from_images_with_tiny_registry_model(tmp_path):
     assert metrics["losses"]["temporal"] == [None, None] and all(v > 0 for v in metrics["losses"]["spatial"])
     lora = tmp_path / "run" / "lora"
     assert sorted(p.name for p in lora.iterdir()) == ["lora_config.json", "spatial.safetensors"]
-    latents, prompt, _ = load_clip_latents(tmp_path / "run" / "latents" / "clip_0001.safetensors")
+    latents, prompt, _ = load_clip_latents(tmp_path / "run" / "stages" / "latents" / "clip_0001.safetensors")
     assert latents.shape == (4, 1, 4, 4) and prompt == "a sks toy"
     # previews after every step, and sampling them changed nothing in the training
-    samples = sorted(p.name for p in (tmp_path / "previews" / "samples").iterdir())
+    samples = sorted(p.name for p in (tmp_path / "previews" / "stages" / "motion" / "preview").iterdir())
     assert samples == ["step_000001_a_sks_toy.mp4", "step_000002_a_sks_toy.mp4"]
-    assert read_video_clip(tmp_path / "previews" / "samples" / samples[0], 32, 32).shape == (2, 3, 32, 32)
+    assert read_video_clip(tmp_path / "previews" / "stages" / "motion" / "preview" / samples[0], 32, 32).shape == (2, 3, 32, 32)
     a, b = load_file(str(lora / "spatial.safetensors")), load_file(str(tmp_path / "previews" / "lora" / "spatial.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

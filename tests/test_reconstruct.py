@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from gen4d.cli import main
 from gen4d.data.dnerf import load_dnerf
 from gen4d.data.synthetic import write_synthetic_scene
+from gen4d.data.videos import read_video
 from gen4d.eval.metrics import psnr
-from gen4d.recipes.reconstruct import build_config, run_reconstruct
+from gen4d.recipes.reconstruct import TrainingData, build_config, run_reconstruct
 
 TINY = [
     "train.iterations=24", "train.static_fraction=0.25", "train.checkpoint_every=4", "train.preview_every=12",
@@ -43,7 +44,7 @@ def tree_digest(root: Path) -> dict:
 
 def final_params(run: Path) -> dict:
     tensors = load_file(str(run / "stages" / "dynamic" / "checkpoint.safetensors"))
-    return {k: v for k, v in tensors.items() if k.startswith("scene.")}
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def test_cli_reconstruct_writes_metrics_eval_views_and_exports(scene_dir, tmp_path):
@@ -66,8 +67,6 @@ def test_cli_reconstruct_writes_metrics_eval_views_and_exports(scene_dir, tmp_pa
     assert len(list((exports / "ply").glob("*.ply"))) == 3
     assert len(list((exports / "mesh").glob("*.obj"))) == 3
     assert (exports / "animated.glb").stat().st_size > 0
-    from gen4d.export.video import read_video
-
     assert read_video(exports / "orbit.mp4").shape[0] == 4
     assert len(list((out / "stages" / "dynamic" / "preview").glob("*.png"))) >= 1
     assert (out / "config.yaml").exists() and (out / "log.txt").exists()
@@ -126,8 +125,6 @@ def test_sigkill_mid_stage_then_rerun_finishes_with_the_same_result(scene_dir, t
 
 
 def test_random_background_training_evaluates_on_white(scene_dir, tmp_path):
-    from gen4d.recipes.reconstruct import TrainingData
-
     train = load_dnerf(scene_dir, "train")
     data = TrainingData(train, torch.device("cpu"), keep_alpha=True)
     # Recompositing the premultiplied colour on white gives back the images the loader composited on white.

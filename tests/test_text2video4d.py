@@ -15,8 +15,8 @@ from gen4d.data.preprocess import (
     load_video_frames,
     segment_plain_background,
 )
+from gen4d.data.videos import read_video
 from gen4d.export.animated_glb import read_animated_glb
-from gen4d.export.video import read_video
 from gen4d.recipes import text2video4d
 from gen4d.recipes.text2video4d import build_config, resolve_segmenter, run_text2video4d
 
@@ -152,7 +152,7 @@ def test_8_frames_resumed_after_the_video_stage_without_regenerating_it(tmp_path
     assert run_text2video4d(cfg, out, quiet=True, stop_after_step=1) == {}  # as if killed after static step 1
     frames = out / "stages" / "video" / "frames"
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in frames.iterdir()}
-    assert len(digest) == 8 and (out / "stages" / "video" / "done").exists()
+    assert len(digest) == 8 and json.loads((out / "stages" / "video" / "state.json").read_text())["complete"]
 
     def fail(*args, **kwargs):
         raise AssertionError("the video was generated again")
@@ -163,7 +163,7 @@ def test_8_frames_resumed_after_the_video_stage_without_regenerating_it(tmp_path
     _check_run(out, 8)
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in frames.iterdir()} == digest
     log = (out / "log.txt").read_text()
-    assert log.count("stage video: generating") == 1 and "stage video: complete, reusing its frames" in log
+    assert log.count("stage video: generating") == 1 and "stage video: complete, reusing it" in log
     assert "stage static: resuming at step 1" in log
 
 

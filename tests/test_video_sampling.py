@@ -9,7 +9,12 @@ import torch
 from PIL import Image
 
 from gen4d import Gen4DError
-from gen4d.export.video import read_video
+from gen4d.data.videos import read_video
+from gen4d.export.video import write_video
+from gen4d.recipes import motion_sample
+from gen4d.recipes.motion_sample import build_config, run_motion_sample
+from gen4d.video.lora import inject_motion_lora, lora_parameters
+from gen4d.video.lora_files import save_motion_lora
 from gen4d.video.sampling import (
     TextToVideo,
     apply_noise_prior,
@@ -161,8 +166,6 @@ def test_initial_latents_with_the_noise_prior(t2v):
 
 # ----------------------------------------------------------------------------------------------- motion LoRA + recipe
 def _randomise(unet, adapter, seed, std=0.3):
-    from gen4d.video.lora import lora_parameters
-
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in lora_parameters(unet, adapter):
@@ -176,8 +179,6 @@ def motion_runs(t2v_dir, tmp_path_factory):
     from diffusers import UNet3DConditionModel
     from safetensors.torch import save_file
 
-    from gen4d.video.lora import inject_motion_lora, save_motion_lora
-
     root = tmp_path_factory.mktemp("motion_runs")
     runs = {}
     for name, adapters, seed in (("A", ("spatial", "temporal"), 10), ("B", ("spatial",), 20)):
@@ -189,8 +190,8 @@ def motion_runs(t2v_dir, tmp_path_factory):
         runs[name] = root / name
     g = torch.Generator().manual_seed(3)
     for i in range(2):
-        (root / "A" / "latents").mkdir(exist_ok=True)
-        save_file({"latents": torch.randn(4, 4, 4, 4, generator=g)}, str(root / "A" / "latents" / f"clip_{i:04d}.safetensors"))
+        (root / "A" / "stages" / "latents").mkdir(parents=True, exist_ok=True)
+        save_file({"latents": torch.randn(4, 4, 4, 4, generator=g)}, str(root / "A" / "stages" / "latents" / f"clip_{i:04d}.safetensors"))
     return runs
 
 
@@ -222,9 +223,6 @@ def test_motion_adapters_temporal_only_or_from_two_trainings(t2v_dir, motion_run
 
 
 def test_run_motion_sample_writes_the_video_and_resumes(t2v_dir, motion_runs, tmp_path, monkeypatch):
-    from gen4d.recipes import motion_sample
-    from gen4d.recipes.motion_sample import build_config, run_motion_sample
-
     small = [f"model={t2v_dir}", "num_frames=6", "height=32", "width=32", "steps=2", "inversion_steps=2", "device=cpu"]
     cfg = build_config("single-video", small, {"prompt": "a corgi running", "motion": str(motion_runs["A"]), "seed": 4})
     assert cfg.noise_prior == 0.5
@@ -247,8 +245,6 @@ def test_run_motion_sample_writes_the_video_and_resumes(t2v_dir, motion_runs, tm
 
 
 def test_plain_text_to_video_and_bad_options(t2v_dir, tmp_path):
-    from gen4d.recipes.motion_sample import build_config, run_motion_sample
-
     small = [f"model={t2v_dir}", "num_frames=3", "height=32", "width=32", "steps=2", "device=cpu"]
     metrics = run_motion_sample(build_config("default", small, {"prompt": "a corgi"}), tmp_path / "plain", quiet=True)
     assert metrics["adapters"] == {} and metrics["prior_source"] == ""
@@ -269,9 +265,6 @@ def test_plain_text_to_video_and_bad_options(t2v_dir, tmp_path):
 def test_noise_prior_from_a_reference_video_fixes_the_start(t2v_dir, tmp_path):
     """``reference=VIDEO`` with ``noise_prior=1``: z_T is the DDIM inversion of that clip alone, so the seed (which
     only draws epsilon; eta = 0) no longer changes the video; with ``noise_prior=0`` it does."""
-    from gen4d.export.video import write_video
-    from gen4d.recipes.motion_sample import build_config, run_motion_sample
-
     g = np.random.default_rng(0)
     clip = tmp_path / "reference.mp4"
     write_video(clip, g.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), fps=8)

@@ -9,6 +9,7 @@ Layout::
     DIR/stages/<stage>/preview/           preview images
     DIR/exports/                          PLY, meshes, animated GLB, videos
     DIR/metrics.json                      evaluation results
+    DIR/asset.yaml                        how to rebuild and export the finished 4D asset (any recipe)
 
 A checkpoint is a single file replaced by rename, so a kill at any instant leaves either the previous or the
 next checkpoint, never a torn one.
@@ -19,15 +20,25 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import Gen4DError
+from .config import load_section
+from .console import attach_run_log
+from .devices import resolve_device
+from .export.scene import ExportConfig, export_scene
+from .fields.deformation import DeformationConfig
 from .files import atomic_path, write_json, write_text
+from .scene import Scene4D
+from .sh import sh_degree_from_bases
 
 
 class RunDir:
@@ -73,12 +84,14 @@ class RunDir:
                     "rerun with the same options to resume, or choose a new --out"
                 )
             self.log(f"resuming: {command}")
+            attach_run_log(self.root / "log.txt")
             return True
         if self.root.exists() and any(p.name not in keep for p in self.root.iterdir()):
             raise Gen4DError(f"--out {self.root} is not empty and holds no gen4d run; choose a new or empty folder")
         self.root.mkdir(parents=True, exist_ok=True)
         write_text(self.config_path, config_yaml)
         self.log(f"started: {command}")
+        attach_run_log(self.root / "log.txt")
         return False
 
     def log(self, message: str) -> None:
@@ -97,15 +110,26 @@ class RunDir:
         path = self.checkpoint_path(stage)
         if not path.exists():
             return None
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             state = json.loads((f.metadata() or {}).get("state", "{}"))
         return load_file(str(path)), state
 
+    def stage_state(self, stage: str) -> dict[str, Any] | None:
+        """A stage's state: from its checkpoint when it has one (written atomically with the tensors), else from
+        ``state.json`` (artifact stages); None when the stage has not started."""
+        path = self.checkpoint_path(stage)
+        if path.exists():
+            with safe_open(str(path), framework="pt") as f:
+                return json.loads((f.metadata() or {}).get("state", "{}"))
+        p = self.stage_dir(stage) / "state.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write_stage_state(self, stage: str, state: dict[str, Any]) -> None:
+        write_json(self.stage_dir(stage) / "state.json", state)
+
     def stage_complete(self, stage: str) -> bool:
-        ckpt = self.load_checkpoint(stage)
-        return ckpt is not None and bool(ckpt[1].get("complete"))
+        state = self.stage_state(stage)
+        return state is not None and bool(state.get("complete"))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
@@ -135,3 +159,93 @@ def load_optimizer(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[
             pid, name = key[len(prefix) + 1 :].split(".", 1)
             state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ----------------------------------------------------------------------------------------------- finished runs
+ASSET_FILE = "asset.yaml"
+"""What rebuilding and exporting a run's 4D asset needs, written by the recipe before its stages run."""
+
+
+@dataclass
+class AssetInfo:
+    """How to rebuild a run's final 4D asset and export it again, whatever recipe made it.
+
+    Each recipe writes it (``DIR/asset.yaml``) once it knows the values; ``gen4d export``, ``gen4d eval`` and the
+    viewers read it, so none of them needs to know the recipe.
+    """
+
+    final_stage: str
+    """The stage whose checkpoint holds the finished asset."""
+    frames: int
+    """Default number of exported frames (distinct training times, or driving frames)."""
+    radius: float
+    """Default orbit-video radius (the cameras' distance from the origin)."""
+    background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Background colour of renders."""
+    antialiased: bool = False
+    """Render with antialiasing compensation."""
+    deformation: dict = field(default_factory=dict)
+    """The deformation field's configuration (:class:`~gen4d.fields.deformation.DeformationConfig` fields)."""
+    export: dict = field(default_factory=dict)
+    """The run's export settings (:class:`~gen4d.export.scene.ExportConfig` fields)."""
+    device: str = "auto"
+
+
+def write_asset_info(run: RunDir, info: AssetInfo) -> None:
+    write_text(run.root / ASSET_FILE, OmegaConf.to_yaml(OmegaConf.structured(info)))
+
+
+def read_asset_info(run: RunDir) -> AssetInfo:
+    path = run.root / ASSET_FILE
+    if not path.exists():
+        raise Gen4DError(f"{run.root} has no {ASSET_FILE}: not a finished gen4d run (rerun its command to finish it)")
+    return load_section(AssetInfo, OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+@dataclass
+class FinishedRun:
+    """A finished run directory, loaded back (any recipe).
+
+    run: the directory. config: its ``config.yaml`` as plain containers. asset: its :class:`AssetInfo`.
+    scene: the final scene on ``device``, in evaluation mode.
+    """
+
+    run: RunDir
+    config: dict
+    asset: AssetInfo
+    scene: Scene4D
+    device: torch.device
+
+
+def load_finished_run(out: str | os.PathLike, device: str | torch.device | None = None) -> FinishedRun:
+    """Load the final 4D asset of a finished run (``gen4d export``, ``gen4d eval``): the checkpoint of the run's final
+    stage, which must be complete (a run stopped in the middle is not finished: rerun its command first)."""
+    run = RunDir(out)
+    if not run.config_path.exists():
+        raise Gen4DError(f"{out} is not a gen4d run directory (no config.yaml)")
+    config = OmegaConf.to_container(OmegaConf.load(run.config_path), resolve=True)
+    if not isinstance(config, dict):
+        raise Gen4DError(f"{run.config_path} does not hold a gen4d configuration")
+    asset = read_asset_info(run)
+    ckpt = run.load_checkpoint(asset.final_stage)
+    if ckpt is None or not ckpt[1].get("complete"):
+        raise Gen4DError(f"{out} has not finished its {asset.final_stage} stage yet; rerun its command to finish it first")
+    tensors = {k[len("model."):]: v for k, v in ckpt[0].items() if k.startswith("model.")}
+    deformation = load_section(DeformationConfig, asset.deformation)
+    degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
+    dev = torch.device(device) if device is not None else resolve_device(asset.device)
+    scene = Scene4D.from_tensors(tensors, degree, deformation, asset.antialiased).to(dev)
+    scene.eval()
+    return FinishedRun(run, config, asset, scene, dev)
+
+
+def export_asset(scene: Scene4D, run: RunDir, asset: AssetInfo, formats: list[str] | None = None, quiet: bool = False) -> dict[str, list[str]]:
+    """Write a run's exports (its export settings; ``formats`` overrides which) under ``DIR/exports``."""
+    export = load_section(ExportConfig, asset.export)
+    return export_scene(scene, run.exports, export, tuple(asset.background), asset.frames, asset.radius, formats=formats, quiet=quiet)
+
+
+def export_run(out: str | os.PathLike, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
+    """Export a finished run again (``gen4d export``), whatever recipe made it."""
+    finished = load_finished_run(out)
+    return export_asset(finished.scene, finished.run, finished.asset, formats, quiet)

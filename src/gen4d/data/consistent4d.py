@@ -69,15 +69,8 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..cameras import Cameras, orbit_cameras
-from .preprocess import (
-    IMAGE_SUFFIXES,
-    _foreground_box,
-    _read_image_file,
-    _recentre_region,
-    _square_region,
-    _union,
-    natural_sort_key,
-)
+from .frames import IMAGE_SUFFIXES, natural_sort_key, read_image_file
+from .preprocess import _foreground_box, _recentre_region, _square_region, _union
 
 __all__ = [
     "CAMERA_DISTANCE",
@@ -391,7 +384,7 @@ def input_alignment(
     paths = list(frames)
     if not paths:
         raise Gen4DError("no input frames to align the evaluation cameras with")
-    arrays = [_read_image_file(Path(p)) for p in paths]
+    arrays = [read_image_file(Path(p)) for p in paths]
     h0, w0 = arrays[0][0].shape[:2]
     if any(a.shape[:2] != (h0, w0) for a, _ in arrays):
         raise Gen4DError(f"input frames of different sizes in {Path(paths[0]).parent}")

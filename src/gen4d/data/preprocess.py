@@ -38,17 +38,18 @@ size changes across frames are kept; per-frame boxes would cancel them.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from .. import Gen4DError
 from ..files import atomic_path
+from .frames import IMAGE_SUFFIXES, list_frame_files, natural_sort_key, read_image_file
+from .videos import read_video
 
 __all__ = [
     "ALPHA_THRESHOLD",
@@ -66,7 +67,6 @@ __all__ = [
 ALPHA_THRESHOLD = 0.5
 
 #: File suffixes treated as still images (single images, and the frames of a frame folder).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 RemoveBackground = bool | str
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel coordinates (edges, not centres)
@@ -74,13 +74,6 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel co
 
 # --------------------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def natural_sort_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value: ``frame_2`` < ``frame_10``; case-insensitive otherwise."""
-    parts = [p for p in re.split(r"(\d+)", name) if p != ""]
-    # Numbers before text at the same position; ties (frame_01 vs frame_1, Frame vs frame) broken by the raw name.
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts), name
 
 
 #: Background removers: rembg (optional dependency) | plain (:func:`segment_plain_background`, no dependency).
@@ -96,36 +89,6 @@ def _check_settings(size: int, border_ratio: float, remove_background: RemoveBac
         raise Gen4DError(f"border_ratio must be in [0, 1), got {border_ratio!r}")
     if remove_background not in (True, False, "auto"):
         raise Gen4DError(f"remove_background must be True, False or 'auto', got {remove_background!r}")
-
-
-def _read_image_file(path: Path) -> tuple[np.ndarray, bool]:
-    """Read one still image (the first frame of an animated one) as uint8 ``[H, W, 4]``.
-
-    Returns the array and whether the file carried a meaningful alpha channel (some pixel not fully opaque).
-    Files without alpha get alpha 255 everywhere. EXIF orientation is applied.
-    """
-    if not path.exists():
-        raise Gen4DError(f"image file not found: {path}")
-    if not path.is_file():
-        raise Gen4DError(f"not an image file: {path} is a folder")
-    try:
-        with Image.open(path) as img:
-            img.seek(0)
-            has_alpha_channel = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-            img = ImageOps.exif_transpose(img)
-            if has_alpha_channel:
-                arr = np.asarray(img.convert("RGBA"), dtype=np.uint8)
-            else:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-                arr = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
-    except UnidentifiedImageError:
-        raise Gen4DError(f"not an image: cannot read {path} as an image file") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
-        raise Gen4DError(f"not an image: cannot decode {path} ({exc})") from exc
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise Gen4DError(f"not an image: {path} has no pixels")
-    meaningful = bool(has_alpha_channel and arr[..., 3].min() < 255)
-    return np.ascontiguousarray(arr), meaningful
 
 
 _REMBG_SESSION = None
@@ -258,7 +221,7 @@ def load_image_rgba(
     """
     _check_settings(size, border_ratio, remove_background, segmenter)
     path = Path(path)
-    rgba, meaningful = _read_image_file(path)
+    rgba, meaningful = read_image_file(path)
     if remove_background is True or (remove_background == "auto" and not meaningful):
         rgba = _cut_out(rgba, str(path), segmenter)
         meaningful = True
@@ -271,15 +234,6 @@ def load_image_rgba(
     return _to_chw(_resample(rgba, region, size))
 
 
-def _list_frame_files(folder: Path) -> list[Path]:
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    return sorted(files, key=lambda p: natural_sort_key(p.name))
-
-
 def load_video_frames(
     path: str | os.PathLike,
     size: int = 256,
@@ -288,20 +242,18 @@ def load_video_frames(
     stride: int = 1,
     remove_background: RemoveBackground = "auto",
     segmenter: str = "rembg",
+    recenter: bool = True,
 ) -> Tensor:
     """Load the input video of a video→4D run as a float32 RGBA tensor ``[T, 4, size, size]`` in ``[0, 1]``.
 
-    ``path`` is a video file (MP4, WebM, GIF, ... decoded by :func:`gen4d.export.video.read_video`, which gives
+    ``path`` is a video file (MP4, WebM, GIF, ... decoded by :func:`gen4d.data.videos.read_video`, which gives
     RGB frames, so ``"auto"`` removes the background) or a folder of frames (``.png``, ``.jpg``, ``.webp``, ...;
     sorted naturally, ``frame_2`` before ``frame_10``; hidden files ignored). Frames ``0, stride, 2*stride, ...``
     are kept, at most ``max_frames`` of them. All frames share one crop box and scale (the union of their
     foreground boxes). ``segmenter``: what removes the background (module docstring). Raises
     :class:`Gen4DError` for a missing path, a folder without images, frames of different sizes, fewer than 2
-    frames, and no foreground in any frame.
+    frames, and no foreground in any frame. ``recenter=False`` keeps the frames' framing (padded to a square).
     """
-    # Imported here: only video files need the ffmpeg reader.
-    from ..export.video import read_video
-
     _check_settings(size, border_ratio, remove_background, segmenter)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise Gen4DError(f"stride must be a positive integer, got {stride!r}")
@@ -315,14 +267,14 @@ def load_video_frames(
 
     meaningful = False
     if path.is_dir():
-        files = _list_frame_files(path)
+        files = list_frame_files(path)
         if not files:
             raise Gen4DError(f"no images in folder {path} (expected frames named like frame_0001.png)")
         files = files[::stride][:max_frames] if max_frames is not None else files[::stride]
         frames: list[np.ndarray] = []
         names: list[str] = []
         for f in files:
-            arr, has_alpha = _read_image_file(f)
+            arr, has_alpha = read_image_file(f)
             if frames and arr.shape != frames[0].shape:
                 raise Gen4DError(
                     f"frames of different sizes in {path}: {files[0].name} is {frames[0].shape[1]}x"
@@ -354,7 +306,7 @@ def load_video_frames(
             raise Gen4DError(
                 f"no foreground: every frame of {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})"
             )
-        region = _recentre_region(box, size, border_ratio)
+        region = _recentre_region(box, size, border_ratio) if recenter else _square_region(height, width, fit="pad")
     out = torch.empty(len(frames), 4, size, size, dtype=torch.float32)
     for i, f in enumerate(frames):
         out[i] = _to_chw(_resample(f, region, size))

@@ -1,11 +1,14 @@
-"""Training videos for motion customisation: read clips at a fixed size, split long videos, find prompts.
+"""Video files and training videos for motion customisation: decode videos, read clips at a fixed size, split long
+videos, find prompts.
 
 What the readers return
 -----------------------
+* :func:`read_video`: every frame of a video file (MP4 / MOV / WebM / ... via ffmpeg, or GIF), ``uint8`` RGB
+  ``[F, H, W, 3]`` at the file's size (the writers are in :mod:`gen4d.export.video`).
 * :func:`read_video_clip`: ``float32`` tensor ``[T, 3, H, W]`` in ``[0, 1]`` (RGB), frames
-  ``start, start + stride, start + 2 * stride, ...`` of a video file (MP4, WebM, GIF, ... decoded by
-  :func:`gen4d.export.video.read_video`) or of a folder of frames (sorted naturally, ``frame_2`` before
-  ``frame_10``, as :func:`gen4d.data.preprocess.load_video_frames` does).
+  ``start, start + stride, start + 2 * stride, ...`` of a video file (decoded by :func:`read_video`) or of a
+  folder of frames (sorted naturally, ``frame_2`` before ``frame_10``, as
+  :func:`gen4d.data.preprocess.load_video_frames` does).
 * :func:`read_image`: ``float32`` ``[3, H, W]`` in ``[0, 1]``; transparent pixels are composited on white.
 
 Resizing
@@ -27,18 +30,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import imageio.v2 as imageio_v2
+import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from .. import Gen4DError
-from .preprocess import (
-    IMAGE_SUFFIXES,
-    _list_frame_files,
-    _read_image_file,
-    natural_sort_key,
-)
+from .frames import IMAGE_SUFFIXES, list_frame_files, natural_sort_key, read_image_file
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -46,6 +46,7 @@ __all__ = [
     "find_videos",
     "prompt_for",
     "read_image",
+    "read_video",
     "read_video_clip",
     "resize_center_crop",
     "split_clips",
@@ -70,6 +71,35 @@ def resize_center_crop(rgb: np.ndarray, height: int, width: int) -> Tensor:
     img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
     out = img.resize((width, height), resample=Image.Resampling.BICUBIC, box=(x0, y0, x0 + crop_w, y0 + crop_h))
     return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode all frames of a video (MP4 / MOV / WebM / ... via ffmpeg, or GIF) to uint8 RGB ``[F, H, W, 3]``.
+
+    Raises :class:`Gen4DError` if the file is missing, cannot be decoded or has no frames.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise Gen4DError(f"video file not found: {path}")
+    try:
+        if path.suffix.lower() == ".gif":
+            arr = np.asarray(iio.imread(path, index=None, plugin="pillow", mode="RGB"))
+            if arr.ndim == 3:  # a single-frame GIF comes back without the frame axis
+                arr = arr[None]
+        else:
+            reader = imageio_v2.get_reader(str(path), format="FFMPEG", mode="I")
+            try:
+                frames = [np.asarray(frame)[..., :3] for frame in reader]
+            finally:
+                reader.close()
+            arr = np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+    except Gen4DError:
+        raise
+    except Exception as exc:  # decoders raise many exception types for corrupt or unsupported files
+        raise Gen4DError(f"cannot decode video {path}: {exc}") from exc
+    if len(arr) == 0:
+        raise Gen4DError(f"video {path} has no frames")
+    return np.ascontiguousarray(arr.astype(np.uint8, copy=False))
 
 
 def _frame_indices(total: int, num_frames: int | None, stride: int, start: int, source: str) -> list[int]:
@@ -106,22 +136,18 @@ def read_video_clip(
     Raises :class:`Gen4DError` for a missing path, a file that cannot be decoded, a folder without images,
     frames of different sizes, or fewer frames than ``num_frames``.
     """
-    from ..export.video import (
-        read_video,  # imported here: only video files need the ffmpeg reader
-    )
-
     _check_size(height, width)
     path = Path(path)
     if not path.exists():
         raise Gen4DError(f"video not found: {path}")
     if path.is_dir():
-        files = _list_frame_files(path)
+        files = list_frame_files(path)
         if not files:
             raise Gen4DError(f"no images in folder {path} (expected frames named like frame_0001.png)")
         idx = _frame_indices(len(files), num_frames, stride, start, str(path))
         frames = []
         for i in idx:
-            rgba, _ = _read_image_file(files[i])
+            rgba, _ = read_image_file(files[i])
             if frames and rgba.shape[:2] != frames[0].shape[:2]:
                 raise Gen4DError(
                     f"frames of different sizes in {path}: {files[idx[0]].name} is {frames[0].shape[1]}x"
@@ -140,7 +166,7 @@ def read_video_clip(
 def read_image(path: str | os.PathLike, height: int, width: int) -> Tensor:
     """One image, resized and centre-cropped: float32 ``[3, height, width]`` in [0, 1] (alpha over white)."""
     _check_size(height, width)
-    rgba, has_alpha = _read_image_file(Path(path))
+    rgba, has_alpha = read_image_file(Path(path))
     if has_alpha:
         a = rgba[..., 3:4].astype(np.float32) / 255.0
         rgb = np.round(rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)

@@ -4,6 +4,8 @@ Layout: frame 0 is the base mesh (POSITION, optional NORMAL, COLOR_0, indices). 
 ``k - 1`` whose POSITION (and NORMAL) are displacements from the base. One animation drives the node's morph
 weights: keyframe k is at time ``k / fps`` and has weight 1 on frame k's target and 0 elsewhere (all zero at
 k = 0); LINEAR interpolation blends consecutive frames, which is exactly linear interpolation of positions.
+NORMAL holds each frame's unit area-weighted vertex normals (:func:`vertex_normals`), the base frame's as the
+attribute and the others as displacements, so shading follows the motion.
 
 The glTF JSON and binary chunk are written directly (no glTF library at run time). Every bufferView holds one
 accessor, starts on a 4-byte boundary and declares its target; every accessor carries exact min/max.
@@ -18,12 +20,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .. import Gen4DError
-from .mesh import vertex_normals
 from ..files import atomic_path
 
-__all__ = ["AnimatedGLB", "write_animated_glb", "read_animated_glb"]
+__all__ = ["AnimatedGLB", "write_animated_glb", "read_animated_glb", "vertex_normals"]
 
 _GLB_MAGIC = 0x46546C67  # "glTF"
 _CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -105,6 +107,19 @@ def _glb_bytes(gltf: dict, binary: bytes) -> bytes:
     if binary:
         out += [struct.pack("<II", len(binary), _CHUNK_BIN), binary]
     return b"".join(out)
+
+
+def vertex_normals(vertices, faces) -> np.ndarray:
+    """Unit area-weighted vertex normals ``[V, 3]`` float32; vertices without faces get ``(0, 0, 1)``."""
+    v = torch.as_tensor(np.asarray(vertices), dtype=torch.float64)
+    f = torch.as_tensor(np.asarray(faces).astype(np.int64))
+    face_n = torch.linalg.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
+    n = torch.zeros_like(v)
+    for c in range(3):
+        n.index_add_(0, f[:, c], face_n)
+    length = n.norm(dim=1, keepdim=True)
+    n = torch.where(length > 1e-20, n / length.clamp_min(1e-300), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    return n.float().numpy()
 
 
 def write_animated_glb(

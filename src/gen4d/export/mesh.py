@@ -24,6 +24,7 @@ from ..cameras import quat_to_rotmat
 from ..gaussians.frame import GaussianFrame
 from ..sh import sh0_to_rgb
 from ..files import atomic_path
+from .animated_glb import write_animated_glb
 
 __all__ = [
     "Mesh",
@@ -33,7 +34,6 @@ __all__ = [
     "save_obj",
     "save_glb",
     "skin_to_gaussians",
-    "vertex_normals",
     "knn",
 ]
 
@@ -350,22 +350,7 @@ def save_glb(path: str | os.PathLike, mesh: Mesh, normals: bool = True) -> None:
     Written by the same writer as the animated GLB (one frame, no animation) rather than by trimesh, whose GLBs
     carry no material (glTF's default is fully metallic, so vertex colours render dark) and trip validator hints.
     """
-    from .animated_glb import write_animated_glb  # deferred: animated_glb imports this module
-
     write_animated_glb(path, mesh.vertices[None], mesh.faces, mesh.colors, normals=normals, name="gen4d_mesh")
-
-
-def vertex_normals(vertices, faces) -> np.ndarray:
-    """Unit area-weighted vertex normals ``[V, 3]`` float32; vertices without faces get ``(0, 0, 1)``."""
-    v = torch.as_tensor(np.asarray(vertices), dtype=torch.float64)
-    f = torch.as_tensor(np.asarray(faces).astype(np.int64))
-    face_n = torch.linalg.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
-    n = torch.zeros_like(v)
-    for c in range(3):
-        n.index_add_(0, f[:, c], face_n)
-    length = n.norm(dim=1, keepdim=True)
-    n = torch.where(length > 1e-20, n / length.clamp_min(1e-300), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    return n.float().numpy()
 
 
 # ------------------------------------------------------------------------------------------------ skinning

@@ -1,4 +1,4 @@
-"""Video files: H.264 MP4 and GIF writers, and a reader returning RGB frames.
+"""Video files: H.264 MP4 and GIF writers (the reader is :func:`gen4d.data.videos.read_video`).
 
 Frames are ``uint8`` arrays ``[F, H, W, 3]``. MP4s use the ffmpeg binary bundled with imageio-ffmpeg, H.264 in
 yuv420p (the pixel format every browser and player decodes); yuv420p subsamples chroma 2x2, so odd frame sizes
@@ -8,16 +8,14 @@ are padded to even by repeating the last row / column. Writes are atomic.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
 import numpy as np
 
-from .. import Gen4DError
 from ..files import atomic_path
 
-__all__ = ["write_video", "write_gif", "read_video"]
+__all__ = ["write_video", "write_gif"]
 
 
 def _as_frames(frames) -> np.ndarray:
@@ -70,32 +68,3 @@ def write_gif(path: str | os.PathLike, frames, fps: float = 12) -> None:
     arr = _as_frames(frames)
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, arr, extension=".gif", plugin="pillow", duration=1000.0 / float(fps), loop=0)
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode all frames of a video (MP4 / MOV / WebM / ... via ffmpeg, or GIF) to uint8 RGB ``[F, H, W, 3]``.
-
-    Raises :class:`Gen4DError` if the file is missing, cannot be decoded or has no frames.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise Gen4DError(f"video file not found: {path}")
-    try:
-        if path.suffix.lower() == ".gif":
-            arr = np.asarray(iio.imread(path, index=None, plugin="pillow", mode="RGB"))
-            if arr.ndim == 3:  # a single-frame GIF comes back without the frame axis
-                arr = arr[None]
-        else:
-            reader = imageio_v2.get_reader(str(path), format="FFMPEG", mode="I")
-            try:
-                frames = [np.asarray(frame)[..., :3] for frame in reader]
-            finally:
-                reader.close()
-            arr = np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
-    except Gen4DError:
-        raise
-    except Exception as exc:  # decoders raise many exception types for corrupt or unsupported files
-        raise Gen4DError(f"cannot decode video {path}: {exc}") from exc
-    if len(arr) == 0:
-        raise Gen4DError(f"video {path} has no frames")
-    return np.ascontiguousarray(arr.astype(np.uint8, copy=False))

@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from .registry import load_pretrained, resolve
+from ..models.registry import load_pretrained, resolve
 
 DIRECTIONS: tuple[str, ...] = ("front", "side", "back", "overhead")
 """Index order of view directions used everywhere (``view_direction_index`` returns indices into this)."""
@@ -51,8 +54,9 @@ def view_prompt(prompt: str, direction: str) -> str:
     return f"{prompt}, {direction} view"
 
 
-def encode_prompt(tokenizer, text_encoder, prompts: str | Sequence[str]) -> Tensor:
-    """CLIP text embeddings ``[N, L, D]`` (last hidden state, padded to the tokenizer's max length)."""
+def encode_prompt(tokenizer, text_encoder, prompts: str | Sequence[str], device: torch.device | str | None = None) -> Tensor:
+    """CLIP text embeddings ``[N, L, D]`` (last hidden state, padded to the tokenizer's max length), computed on
+    ``device`` (default: where the text encoder's weights are; give it when the encoder is offloaded)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     tokens = tokenizer(
@@ -62,7 +66,7 @@ def encode_prompt(tokenizer, text_encoder, prompts: str | Sequence[str]) -> Tens
         truncation=True,
         return_tensors="pt",
     )
-    device = next(text_encoder.parameters()).device
+    device = device if device is not None else next(text_encoder.parameters()).device
     with torch.no_grad():
         return text_encoder(tokens.input_ids.to(device))[0]
 
@@ -73,6 +77,17 @@ def encode_prompt_pair(tokenizer, text_encoder, prompts: str | Sequence[str], ne
     if isinstance(negative, str):
         negative = [negative] * cond.shape[0]
     return cond, encode_prompt(tokenizer, text_encoder, negative)
+
+
+def expand_batch(emb: Tensor, batch: int) -> Tensor:
+    """Text embeddings ``[1 or B, L, D]`` (or ``[L, D]``) -> ``[B, L, D]``."""
+    if emb.dim() == 2:
+        emb = emb[None]
+    if emb.shape[0] == batch:
+        return emb
+    if emb.shape[0] == 1:
+        return emb.expand(batch, *emb.shape[1:])
+    raise ValueError(f"text embeddings have batch {emb.shape[0]}, expected 1 or {batch}")
 
 
 @dataclass
@@ -124,7 +139,11 @@ class PromptEncoder:
     on the first miss. ``cache_dir=None``: the default cache; ``cache_dir=False``: no cache.
     """
 
-    def __init__(self, model: str = "sd21", cache_dir: str | Path | None | bool = None, device: str | torch.device = "cpu"):
+    def __init__(self, model: str = "sd21", cache_dir: str | Path | None | bool = None, device: str | torch.device = "cpu",
+                 tokenizer=None, text_encoder=None, cache_tag: str = ""):
+        """``tokenizer`` / ``text_encoder``: already loaded modules (else loaded from ``model`` on the first cache
+        miss). ``cache_tag``: extra text in the cache key, for encoders whose vocabulary was changed (e.g. a loaded
+        textual-inversion token)."""
         self.model = model
         repo, _ = resolve(model)
         self.model_id = str(Path(repo).resolve()) if Path(repo).exists() else repo
@@ -133,8 +152,9 @@ class PromptEncoder:
         else:
             self.cache_dir = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
         self.device = torch.device(device)
-        self._tokenizer = None
-        self._text_encoder = None
+        self.cache_tag = cache_tag
+        self._tokenizer = tokenizer
+        self._text_encoder = text_encoder
         self.hits = 0
         self.misses = 0
 
@@ -142,16 +162,12 @@ class PromptEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import CLIPTokenizer
-
             self._tokenizer = load_pretrained(CLIPTokenizer, self.model, subfolder="tokenizer")
         return self._tokenizer
 
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from transformers import CLIPTextModel
-
             te = load_pretrained(CLIPTextModel, self.model, subfolder="text_encoder")
             te.eval().requires_grad_(False)
             self._text_encoder = te.to(self.device)
@@ -159,7 +175,7 @@ class PromptEncoder:
 
     # -- cache ----------------------------------------------------------------------------------------------
     def cache_key(self, prompt: str) -> str:
-        return hashlib.sha256(f"{self.model_id}\x00{prompt}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.model_id}\x00{self.cache_tag}\x00{prompt}".encode()).hexdigest()
 
     def cache_path(self, prompt: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{self.cache_key(prompt)}.safetensors"
@@ -168,9 +184,6 @@ class PromptEncoder:
         path = self.cache_path(prompt)
         if path is None or not path.exists():
             return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))["embedding"]
         except (OSError, KeyError, SafetensorError):  # a corrupt cache entry is recomputed
@@ -180,8 +193,6 @@ class PromptEncoder:
         path = self.cache_path(prompt)
         if path is None:
             return
-        from safetensors.torch import save_file
-
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file({"embedding": emb.detach().cpu().contiguous()}, str(tmp), metadata={"model": self.model_id, "prompt": prompt})
@@ -190,7 +201,7 @@ class PromptEncoder:
     # -- encoding -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> Tensor:
-        return encode_prompt(self.tokenizer, self.text_encoder, prompts).float().cpu()
+        return encode_prompt(self.tokenizer, self.text_encoder, prompts, self.device).float().cpu()
 
     def encode(self, prompts: list[str] | str) -> Tensor:
         """``[B, L, D]`` float32 embeddings on ``self.device``, from the cache where possible."""
@@ -223,3 +234,29 @@ class PromptEncoder:
             uncond_dirs=uncond.unsqueeze(0).expand(len(DIRECTIONS), -1, -1).clone(),
             view_dependent=view_dependent,
         )
+
+
+class TextConditioned:
+    """Mixin of text-conditioned priors: one prompt API for all of them.
+
+    ``prior.encode_prompt(prompt, negative_prompt="", view_dependent=None) -> PromptEmbeddings``; the embeddings go
+    into ``Conditioning.prompt``. A prior provides :meth:`make_prompt_encoder` (its own tokenizer and text
+    encoder, or the model name to load them from); ``view_dependent`` defaults to the prior config's
+    ``view_dependent`` field when it has one, else False.
+    """
+
+    _prompt_encoder: PromptEncoder | None = None
+
+    def make_prompt_encoder(self) -> PromptEncoder:
+        raise NotImplementedError
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        if self._prompt_encoder is None:
+            self._prompt_encoder = self.make_prompt_encoder()
+        return self._prompt_encoder
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool | None = None) -> PromptEmbeddings:
+        if view_dependent is None:
+            view_dependent = bool(getattr(self.config, "view_dependent", False))
+        return self.prompt_encoder(prompt, negative_prompt, view_dependent=view_dependent).to(self.device)

@@ -37,11 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DTYPES, Precision, offload_between_calls
-from .registry import load_pretrained
+import diffusers
+import transformers
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from transformers import CLIPVisionModelWithProjection
+
+from ..devices import DTYPES, Precision
+from ..models.registry import load_pretrained
+from .base import offload_between_calls
+from .vae import decode_latents, encode_latents
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _svd_pipeline_module():
+    """diffusers' SVD pipeline module, looked up when first needed: importing it makes transformers announce its
+    image-processor fallback, which belongs in the log of a run that uses SVD, not on every import of gen4d."""
+    return diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion
 
 
 @dataclass
@@ -71,13 +84,6 @@ class StableVideoDiffusion:
     """SVD img2vid: :meth:`generate_video` and :meth:`refine_video`, frames ``[T, 3, H, W]`` in [0, 1]."""
 
     def __init__(self, config: SVDConfig | None = None, device: torch.device | str | None = None):
-        from diffusers import (
-            AutoencoderKLTemporalDecoder,
-            EulerDiscreteScheduler,
-            UNetSpatioTemporalConditionModel,
-        )
-        from transformers import CLIPVisionModelWithProjection
-
         self.config = config = config or SVDConfig()
         name = config.model
         self.scheduler = load_pretrained(EulerDiscreteScheduler, name, subfolder="scheduler")
@@ -108,14 +114,12 @@ class StableVideoDiffusion:
         """The diffusers ``StableVideoDiffusionPipeline`` sharing these components (feature extractor from the
         model folder when it has one, else a CLIP-normalising ``CLIPImageProcessor``)."""
         if self._pipeline is None:
-            from diffusers import StableVideoDiffusionPipeline
-            from transformers import CLIPImageProcessor
-
+            processor = transformers.CLIPImageProcessor
             try:
-                fe = load_pretrained(CLIPImageProcessor, self.config.model, subfolder="feature_extractor")
+                fe = load_pretrained(processor, self.config.model, subfolder="feature_extractor")
             except Exception:  # noqa: BLE001 - optional component
-                fe = CLIPImageProcessor(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-            self._pipeline = StableVideoDiffusionPipeline(
+                fe = processor(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+            self._pipeline = diffusers.StableVideoDiffusionPipeline(
                 vae=self.vae, image_encoder=self.image_encoder, unet=self.unet, scheduler=self.scheduler, feature_extractor=fe
             )
             self._pipeline.set_progress_bar_config(disable=True)
@@ -125,31 +129,21 @@ class StableVideoDiffusion:
     @torch.no_grad()
     def encode_frames(self, frames: Tensor, chunk: int | None = None) -> Tensor:
         """Scaled latents ``[T, 4, H/8, W/8]`` (posterior mode x scaling_factor) of frames ``[T, 3, H, W]`` in [0, 1]."""
-        x = (2.0 * frames.to(self.device, torch.float32) - 1.0).to(self.dtype)
-        chunk = chunk or x.shape[0]
-        z = torch.cat([self.vae.encode(x[i : i + chunk]).latent_dist.mode() for i in range(0, x.shape[0], chunk)])
-        return z.float() * self.vae.config.scaling_factor
+        return encode_latents(self.vae, frames.to(self.device, torch.float32), chunk=chunk or 0)
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor, chunk: int | None = None) -> Tensor:
         """Frames ``[T, 3, H, W]`` in [0, 1] from scaled latents ``[T, 4, h, w]``, decoded ``chunk`` frames at a time."""
-        z = (latents.to(self.device) / self.vae.config.scaling_factor).to(self.dtype)
-        chunk = chunk or z.shape[0]
-        out = [self.vae.decode(z[i : i + chunk], num_frames=z[i : i + chunk].shape[0]).sample for i in range(0, z.shape[0], chunk)]
-        return (torch.cat(out).float() / 2 + 0.5).clamp(0, 1)
+        return decode_latents(self.vae, latents.to(self.device), chunk=chunk or 0)
 
     @torch.no_grad()
     def _condition(self, image: Tensor, num_frames: int, height: int, width: int, fps: int, motion_bucket_id: int,
                    noise_aug_strength: float, generator: torch.Generator) -> _Cond:
-        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-            _resize_with_antialiasing,
-        )
-
         if image.dim() == 3:
             image = image[None]
         image = image[:1].to(self.device, torch.float32)
         size = self.image_encoder.config.image_size
-        x = _resize_with_antialiasing(image * 2.0 - 1.0, (size, size))
+        x = _svd_pipeline_module()._resize_with_antialiasing(image * 2.0 - 1.0, (size, size))
         x = (x + 1.0) / 2.0
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)

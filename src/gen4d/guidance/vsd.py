@@ -6,16 +6,17 @@ latents is
 
     grad_x L_VSD = w(t) (eps_pretrained_cfg(x_t; y, t) - eps_lora(x_t; y, t))
 
-(noise predictions without gradient; applied with the stop-gradient target trick). The LoRA is trained with the
-standard diffusion MSE ``|| eps_lora(x_t; y, t) - eps ||^2`` on **detached** latents (:meth:`lora_loss`), with
-its own timesteps and noise, so the two losses touch disjoint parameters and may be summed in one backward.
+i.e. the SDS step of :mod:`gen4d.guidance.base` with the LoRA's prediction as the baseline instead of the injected
+noise. The LoRA is trained with the standard diffusion MSE ``|| eps_lora(x_t; y, t) - eps ||^2`` on **detached**
+latents (:meth:`lora_loss`), with its own timesteps and noise, so the two losses touch disjoint parameters and may
+be summed in one backward.
 
 Differences from the paper: the LoRA is conditioned on the text only (ProlificDreamer also feeds the camera pose
 through an extra embedding and drops it 10% of the time); that camera conditioning is not implemented.
 
-``__call__`` returns ``{"loss_vsd", "loss_lora"}``: ``loss_vsd`` moves the latents only, ``loss_lora`` (when
-``train_lora``) the LoRA parameters only; diagnostics (``grad_norm``, ``timesteps``) go to ``last_info`` as for SDS. Put :meth:`lora_parameters` in an optimiser (the paper
-uses AdamW, lr 1e-3 for the LoRA). With ``cpu_offload`` only the VAE is offloaded: the UNet stays on the
+``guidance(images, cond, step, generator)`` returns ``{"loss_vsd", "loss_lora"}``: ``loss_vsd`` moves the latents
+only, ``loss_lora`` (when ``train_lora``) the LoRA parameters only. Put :meth:`lora_parameters` in an optimiser (the
+paper uses AdamW, lr 1e-3 for the LoRA). With ``cpu_offload`` only the VAE is offloaded: the UNet stays on the
 execution device because the LoRA's gradients need its weights there.
 """
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig
 from torch import Tensor, nn
 
-from .prompts import PromptEmbeddings
-from .sds import TimestepSchedule, sds_weight, stopgrad_target_loss
+from .base import Conditioning
+from .sds import TimestepSchedule
 from .stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -48,20 +50,20 @@ class VSDConfig(StableDiffusionConfig):
     lora_timesteps: TimestepSchedule = field(default_factory=lambda: TimestepSchedule(0.0, 1.0, 0.0, 1.0))
     """Timestep range for training the LoRA (the whole schedule by default)."""
     train_lora: bool = True
-    """``__call__`` also returns ``loss_lora`` on the same (detached) latents."""
+    """Also return ``loss_lora`` on the same (detached) latents."""
 
 
 class VariationalScoreDistillation(StableDiffusionGuidance):
-    """SD guidance + a LoRA on the same UNet; ``__call__`` -> ``{"loss_vsd", "loss_lora", ...}``."""
+    """SD guidance + a LoRA on the same UNet; ``guidance(images, cond, step)`` -> ``{"loss_vsd", "loss_lora"}``."""
 
     config_class = VSDConfig
+    loss_name = "loss_vsd"
+    offload_plan = {"vae": ("encode", "decode")}  # the UNet stays: the LoRA trains on it
 
-    def __init__(self, config: VSDConfig | None = None, device: str | torch.device = "cpu", **overrides):
-        super().__init__(config, device=device, **overrides)
+    def __init__(self, config: VSDConfig | None = None, device: str | torch.device | None = None, **overrides):
+        super().__init__(config, device=None, **overrides)
         if self.config.weighting not in ("sds", "uniform"):
             raise ValueError(f"VSD supports weighting 'sds' or 'uniform', not {self.config.weighting!r}")
-        from peft import LoraConfig
-
         lora = LoraConfig(
             r=self.config.lora_rank,
             lora_alpha=self.config.lora_alpha,
@@ -72,9 +74,7 @@ class VariationalScoreDistillation(StableDiffusionGuidance):
         for p in self.lora_parameters():
             p.data = p.data.float()  # trained in fp32 whatever the frozen weights' precision
             p.requires_grad_(True)
-
-    def _offloads(self, module: nn.Module) -> bool:
-        return module is not self.unet and super()._offloads(module)
+        self.place(device)
 
     def lora_parameters(self) -> list[nn.Parameter]:
         """The trainable LoRA weights (for the LoRA's optimiser)."""
@@ -89,75 +89,29 @@ class VariationalScoreDistillation(StableDiffusionGuidance):
         finally:
             self.unet.enable_adapters()
 
-    def predict_noise_pretrained_cfg(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """The pretrained UNet's ``(eps_cond, eps_uncond)`` (LoRA off)."""
         with self.adapters_disabled():
-            return self.predict_noise_cfg(x_t, t, cond, uncond)
+            return super().predict_noise(x_t, t, cond)
 
-    def predict_noise_lora(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """LoRA UNet's prediction (adapter enabled), text-conditioned; differentiable w.r.t. the LoRA weights."""
-        return self.predict_noise(x_t, t, cond)
+    def baseline_noise(self, x_t: Tensor, t: Tensor, cond: Conditioning, noise: Tensor) -> Tensor:
+        """The LoRA UNet's text-conditioned prediction: the score of the current renderings."""
+        text, _ = self.text_embeddings(cond, x_t.shape[0])
+        return self.unet_noise(x_t, t, text)
 
-    def lora_loss(
-        self,
-        latents: Tensor,
-        cond: Tensor,
-        generator: torch.Generator | None = None,
-        t: Tensor | int | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
+    def lora_loss(self, latents: Tensor, text: Tensor, generator: torch.Generator | None = None,
+                  t: Tensor | int | None = None, noise: Tensor | None = None) -> Tensor:
         """Diffusion MSE of the LoRA UNet on detached ``latents`` (gradient only into the LoRA weights)."""
         latents = latents.detach().float()
         B = latents.shape[0]
         if t is None:
             t = self.config.lora_timesteps.sample(0, self.num_train_timesteps, B, generator, self.alphas_cumprod.device)
-        t, noise = self._timesteps_and_noise(latents, 0, generator, t, noise)
+        t, noise = self.draw(latents, 0, 1, generator, t, noise)
         x_t = self.add_noise(latents, noise, t)
-        eps = self.predict_noise_lora(x_t, t, cond.detach())
-        return F.mse_loss(eps, noise)
+        return F.mse_loss(self.unet_noise(x_t, t, text.detach()), noise)
 
-    def vsd_latents(
-        self,
-        latents: Tensor,
-        cond: Tensor,
-        uncond: Tensor,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-        t: Tensor | int | None = None,
-        noise: Tensor | None = None,
-        return_info: bool = False,
-    ):
-        """VSD on latents; ``t``/``noise`` fix the timestep and noise as in :meth:`sds_latents`."""
-        latents = latents.float()
-        t, noise = self._timesteps_and_noise(latents, step, generator, t, noise)
-        with torch.no_grad():
-            x_t = self.add_noise(latents.detach(), noise, t)
-            eps_cond, eps_uncond = self.predict_noise_pretrained_cfg(x_t, t, cond, uncond)
-            eps_pretrained = self.guide(eps_uncond, eps_cond, self.config.guidance_scale)
-            eps_lora = self.predict_noise_lora(x_t, t, cond)
-            w = sds_weight(self.alphas_cumprod[t], self.config.weighting).reshape(-1, *([1] * (latents.dim() - 1)))
-            grad = torch.nan_to_num(w * (eps_pretrained - eps_lora))
-        loss = stopgrad_target_loss(latents, grad)
-        self.last_info = {"grad_norm": grad.norm(), "timesteps": t.detach()}
-        losses = {"loss_vsd": loss}
-        return (losses, self.last_info) if return_info else losses
-
-    def forward(
-        self,
-        images: Tensor,
-        prompt_embeddings: PromptEmbeddings,
-        step: int,
-        azimuth_deg=None,
-        elevation_deg=None,
-        generator: torch.Generator | None = None,
-        t: Tensor | int | None = None,
-        noise: Tensor | None = None,
-        rgb_as_latents: bool = False,
-        return_info: bool = False,
-    ):
-        """VSD on rendered ``images [B, 3, H, W]`` in [0, 1]; arguments as in :meth:`StableDiffusionGuidance.forward`."""
-        latents = images.float() if rgb_as_latents else self.encode_images(images, generator)
-        cond, uncond = prompt_embeddings.get(latents.shape[0], azimuth_deg, elevation_deg)
-        out = self.vsd_latents(latents, cond, uncond, step, generator=generator, t=t, noise=noise)
-        if self.config.train_lora:
-            out["loss_lora"] = self.lora_loss(latents, cond, generator=generator)
-        return (out, self.last_info) if return_info else out
+    def extra_losses(self, x: Tensor, cond: Conditioning, generator: torch.Generator | None) -> dict[str, Tensor]:
+        if not self.config.train_lora:
+            return {}
+        text, _ = self.text_embeddings(cond, x.shape[0])
+        return {"loss_lora": self.lora_loss(x, text, generator=generator)}

@@ -31,22 +31,20 @@ Guidance scale: default 3 (threestudio's zero123 configs); DreamGaussian's image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DiffusionGuidance, GuidanceConfig
-from .registry import load_pretrained, resolve
+from diffusers import AutoencoderKL, DDIMScheduler, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from transformers import CLIPVisionModelWithProjection
 
-try:  # diffusers is a hard dependency of the guidance package
-    from diffusers import ModelMixin
-    from diffusers.configuration_utils import ConfigMixin, register_to_config
-except ImportError:  # pragma: no cover - very old diffusers layout
-    from diffusers.models.modeling_utils import ModelMixin
-    from diffusers.configuration_utils import ConfigMixin, register_to_config
+from ..models.registry import load_pretrained, resolve
+from .base import Conditioning, DiffusionGuidance, GuidanceConfig
+from .vae import decode_latents, encode_latents
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -78,9 +76,7 @@ def camera_embedding(
     """Zero123 pose vectors ``[B, 4]`` of target cameras relative to the reference camera (see module doc)."""
     el, az, r = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float32) for v in (elevation_deg, azimuth_deg, radius)))
     el, az, r = el.reshape(-1), az.reshape(-1), r.reshape(-1)
-    ref_el = torch.as_tensor(ref_elevation_deg, dtype=torch.float32)
-    ref_az = torch.as_tensor(ref_azimuth_deg, dtype=torch.float32)
-    ref_r = torch.as_tensor(ref_radius, dtype=torch.float32)
+    ref_el, ref_az, ref_r = (torch.as_tensor(v, dtype=torch.float32).to(el.device) for v in (ref_elevation_deg, ref_azimuth_deg, ref_radius))
     d_polar = torch.deg2rad(ref_el - el)
     d_az = torch.deg2rad(az - ref_az)
     last = torch.deg2rad(90.0 - ref_el).expand_as(el) if stable else r - ref_r
@@ -101,27 +97,56 @@ class Zero123Config(GuidanceConfig):
 
 @dataclass
 class Zero123Reference:
-    """Cached conditioning of one reference view."""
+    """Cached conditioning of reference views: one (R = 1, shared by every image) or one per image (R = N).
+
+    Stack the references of several frames with :meth:`stack`, pick per-image ones with :meth:`select`.
+    """
 
     clip_embed: Tensor
-    """``[1, 1, D]`` CLIP image embedding."""
+    """``[R, 1, D]`` CLIP image embeddings."""
     latent: Tensor
-    """``[1, 4, h, w]`` unscaled VAE posterior mean of the reference image."""
-    elevation_deg: float = 0.0
-    azimuth_deg: float = 0.0
-    radius: float = 1.0
-    extras: dict = field(default_factory=dict)
+    """``[R, 4, h, w]`` unscaled VAE posterior means of the reference images."""
+    elevation_deg: Tensor
+    """``[R]`` reference camera elevations."""
+    azimuth_deg: Tensor
+    """``[R]`` reference camera azimuths."""
+    radius: Tensor
+    """``[R]`` reference camera distances."""
+
+    def __len__(self) -> int:
+        return self.clip_embed.shape[0]
+
+    @staticmethod
+    def stack(references: list["Zero123Reference"]) -> "Zero123Reference":
+        return Zero123Reference(*(torch.cat([getattr(r, name) for r in references]) for name in
+                                  ("clip_embed", "latent", "elevation_deg", "azimuth_deg", "radius")))
+
+    def select(self, index: Tensor | list[int]) -> "Zero123Reference":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Zero123Reference(*(getattr(self, name)[idx.to(getattr(self, name).device)] for name in
+                                  ("clip_embed", "latent", "elevation_deg", "azimuth_deg", "radius")))
+
+    def per_image(self, n: int) -> "Zero123Reference":
+        """Each field with a leading dimension of ``n`` (a single reference repeated)."""
+        if len(self) == n:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"{len(self)} Zero123 references for {n} images (give 1 or {n})")
+        return Zero123Reference(*(getattr(self, name).expand(n, *getattr(self, name).shape[1:]) for name in
+                                  ("clip_embed", "latent", "elevation_deg", "azimuth_deg", "radius")))
 
 
 class Zero123Guidance(DiffusionGuidance):
-    """SDS from Zero123-family novel-view diffusion, relative to a reference image set by :meth:`prepare_reference`."""
+    """SDS from Zero123-family novel-view diffusion relative to reference views.
+
+    ``guidance(images, Conditioning(elevation_deg=, azimuth_deg=, radius=, reference=), step, generator)``; the
+    cameras are absolute gen4d cameras of the rendered views; ``reference`` (a :class:`Zero123Reference`, one
+    shared or one per image) defaults to the one set by :meth:`prepare_reference`.
+    """
 
     offload_plan = {"unet": ("forward",), "vae": ("encode", "decode"), "image_encoder": ("forward",)}
 
     def __init__(self, config: Zero123Config | None = None, device: torch.device | str | None = None):
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPVisionModelWithProjection
-
         config = config or Zero123Config()
         name = config.model
         scheduler = load_pretrained(DDIMScheduler, name, subfolder="scheduler")
@@ -143,12 +168,7 @@ class Zero123Guidance(DiffusionGuidance):
         else:
             self.stable = config.variant == "stable-zero123"
         self.reference: Zero123Reference | None = None
-        if device is not None:
-            self.place(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.alphas_cumprod.device
+        self.place(device)
 
     # ------------------------------------------------------------------------------------------------ encoders
     def clip_embed(self, images: Tensor) -> Tensor:
@@ -160,108 +180,71 @@ class Zero123Guidance(DiffusionGuidance):
         x = ((x - mean) / std).to(self.dtype)
         return self.image_encoder(pixel_values=x).image_embeds[:, None].float()
 
-    def _vae_mean(self, images: Tensor) -> Tensor:
+    def _resize(self, images: Tensor) -> Tensor:
         r = self.config.resolution
-        x = images.float()
-        if x.shape[-2:] != (r, r):
-            x = F.interpolate(x, (r, r), mode="bilinear", align_corners=False)
-        x = (2.0 * x - 1.0).to(self.dtype)
-        if self.config.vae_slicing and x.shape[0] > 1:
-            return torch.cat([self.vae.encode(xi[None]).latent_dist.mean for xi in x]).float()
-        return self.vae.encode(x).latent_dist.mean.float()
+        x = images.float().to(self.device)
+        return x if x.shape[-2:] == (r, r) else F.interpolate(x, (r, r), mode="bilinear", align_corners=False)
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Scaled latents ``[B, 4, r/8, r/8]`` (posterior mean x scaling_factor) of images in [0, 1]."""
-        return self._vae_mean(images) * self.vae.config.scaling_factor
+    def encode_images(self, images: Tensor, scaled: bool = True) -> Tensor:
+        """Latents ``[B, 4, r/8, r/8]`` (posterior mean, times scaling_factor unless ``scaled=False``) of images in
+        [0, 1]."""
+        chunk = 1 if self.config.vae_slicing else 0
+        return encode_latents(self.vae, self._resize(images), scaled=scaled, chunk=chunk)
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
-        x = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
-        return ((x + 1) / 2).clamp(0, 1)
+        return decode_latents(self.vae, latents.to(self.device))
 
     @torch.no_grad()
-    def prepare_reference(self, image: Tensor, elevation_deg: float = 0.0, azimuth_deg: float = 0.0, radius: float = 1.0) -> Zero123Reference:
-        """Cache the conditioning of the reference view ``image [1, 3, H, W]`` in [0, 1] (RGB, white background
-        as Zero123 was trained), taken from camera ``(elevation_deg, azimuth_deg, radius)``; returns it too."""
+    def prepare_reference(self, image: Tensor, elevation_deg: float = 0.0, azimuth_deg: float = 0.0, radius: float = 1.0,
+                          remember: bool = True) -> Zero123Reference:
+        """The conditioning of reference views ``image [R, 3, H, W]`` in [0, 1] (RGB, white background as Zero123
+        was trained), all taken from camera ``(elevation_deg, azimuth_deg, radius)``; with ``remember`` it becomes
+        the default reference of later calls."""
         image = image.to(self.device)
         if image.dim() == 3:
             image = image[None]
-        ref = Zero123Reference(
-            clip_embed=self.clip_embed(image[:1]),
-            latent=self._vae_mean(image[:1]),
-            elevation_deg=float(elevation_deg),
-            azimuth_deg=float(azimuth_deg),
-            radius=float(radius),
-        )
-        self.reference = ref
+        R = image.shape[0]
+        cam = [torch.full((R,), float(v), device=self.device) for v in (elevation_deg, azimuth_deg, radius)]
+        ref = Zero123Reference(self.clip_embed(image), self.encode_images(image, scaled=False), *cam)
+        if remember:
+            self.reference = ref
         return ref
 
     def camera_embedding(self, elevation_deg, azimuth_deg, radius, reference: Zero123Reference | None = None) -> Tensor:
-        ref = reference or self._reference()
-        return camera_embedding(elevation_deg, azimuth_deg, radius, ref.elevation_deg, ref.azimuth_deg, ref.radius, stable=self.stable).to(self.device)
+        """Pose vectors ``[B, 4]`` of target cameras relative to their references."""
+        ref = self._reference(reference)
+        return camera_embedding(elevation_deg, azimuth_deg, radius, ref.elevation_deg, ref.azimuth_deg, ref.radius,
+                                stable=self.stable).to(self.device)
 
     def _reference(self, reference: Zero123Reference | None = None) -> Zero123Reference:
         ref = reference or self.reference
         if ref is None:
-            raise RuntimeError("Zero123Guidance: call prepare_reference(image) first (or pass reference=)")
+            raise RuntimeError("Zero123Guidance: call prepare_reference(image) first (or pass Conditioning.reference)")
         return ref
 
-    # ----------------------------------------------------------------------------------------------- prediction
-    @torch.no_grad()
-    def predict_noise(self, latents_noisy: Tensor, t: Tensor, cam: Tensor, reference: Zero123Reference | None = None) -> tuple[Tensor, Tensor]:
-        """``(eps_uncond, eps_cond)`` for noisy latents ``[B, 4, h, w]``, timesteps ``[B]`` and poses ``[B, 4]``."""
-        ref = self._reference(reference)
-        B = latents_noisy.shape[0]
-        ctx_in = torch.cat([ref.clip_embed.to(self.device).expand(B, 1, -1), cam.to(self.device, torch.float32)[:, None]], dim=-1)
+    # ----------------------------------------------------------------------------------------------- interface
+    def encode_renders(self, renders: Tensor, cond: Conditioning, generator: torch.Generator | None) -> Tensor:
+        return self.encode_images(renders)
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """Zero123's U-Net on ``[x_t, reference latent]`` with the projected ``[CLIP(reference), pose]`` context; the
+        unconditional branch zeroes both (see the module doc)."""
+        cond.require("elevation_deg", "azimuth_deg", "radius", prior="Zero123")
+        B = x_t.shape[0]
+        ref = self._reference(cond.reference).per_image(B)
+        cam = self.camera_embedding(cond.elevation_deg, cond.azimuth_deg, cond.radius, ref)
+        if cam.shape[0] == 1 and B > 1:
+            cam = cam.expand(B, -1)
+        ctx_in = torch.cat([ref.clip_embed.to(self.device), cam.to(self.device, torch.float32)[:, None]], dim=-1)
         ctx = self.clip_camera_projection(ctx_in.to(self.dtype))
         ctx = torch.cat([ctx, torch.zeros_like(ctx)])
-        concat = ref.latent.to(self.device, self.dtype).expand(B, -1, -1, -1)
-        if concat.shape[-2:] != latents_noisy.shape[-2:]:
-            raise ValueError(f"reference latent {tuple(concat.shape[-2:])} != image latent {tuple(latents_noisy.shape[-2:])}")
+        concat = ref.latent.to(self.device, self.dtype)
+        if concat.shape[-2:] != x_t.shape[-2:]:
+            raise ValueError(f"reference latent {tuple(concat.shape[-2:])} != image latent {tuple(x_t.shape[-2:])}")
         concat = torch.cat([concat, torch.zeros_like(concat)])
-        x = torch.cat([latents_noisy, latents_noisy]).to(self.dtype)
+        x = torch.cat([x_t, x_t]).to(self.dtype)
         x = torch.cat([x, concat], dim=1)
         eps = self.unet(x, torch.cat([t, t]).to(self.device), encoder_hidden_states=ctx).sample.float()
         eps_cond, eps_uncond = eps.chunk(2)
-        return eps_uncond, eps_cond
-
-    def __call__(
-        self,
-        images: Tensor,
-        elevation_deg,
-        azimuth_deg,
-        radius,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-        reference: Zero123Reference | None = None,
-        *,
-        t: Tensor | None = None,
-        noise: Tensor | None = None,
-        return_aux: bool = False,
-    ) -> dict[str, Tensor]:
-        """SDS loss of rendered views ``images [B, 3, H, W]`` in [0, 1] seen from absolute gen4d cameras
-        ``(elevation_deg, azimuth_deg, radius)`` (each a float or ``[B]``), relative to the reference camera.
-
-        ``t`` / ``noise`` fix the timestep ``[B]`` and the noise (tests); ``return_aux`` adds the latents, noise,
-        timesteps and predictions (keys without the ``loss_`` prefix).
-        """
-        ref = self._reference(reference)
-        latents = self.encode_images(images.to(self.device))
-        B = latents.shape[0]
-        cam = self.camera_embedding(elevation_deg, azimuth_deg, radius, ref)
-        if cam.shape[0] == 1 and B > 1:
-            cam = cam.expand(B, -1)
-        if t is None:
-            t = self.sample_timesteps(step, B, generator)
-        t = t.to(self.device).long().reshape(-1).expand(B)
-        if noise is None:
-            noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator is not None else None).to(latents)
-        with torch.no_grad():
-            latents_noisy = self.add_noise(latents.detach(), noise, t)
-            eps_uncond, eps_cond = self.predict_noise(latents_noisy, t, cam, ref)
-            eps_hat = self.guide(eps_uncond, eps_cond, self.config.guidance_scale)
-        loss = self.distillation_loss(latents, latents_noisy, noise, eps_hat, t, eps_cond=eps_cond)
-        out = {"loss_sds": loss}
-        if return_aux:
-            out.update(latents=latents, latents_noisy=latents_noisy, noise=noise, t=t, eps_hat=eps_hat, eps_cond=eps_cond, eps_uncond=eps_uncond, camera=cam)
-        return out
+        return eps_cond, eps_uncond

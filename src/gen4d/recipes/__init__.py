@@ -1,0 +1,19 @@
+"""Recipes: each a configuration over the shared parts, declared as a :class:`~gen4d.recipes.recipe.Recipe`.
+
+:data:`RECIPES` is the registry the command line is built from (``gen4d image|video|text|... --recipe NAME``).
+"""
+
+from . import dg4d, motion, motion_sample, reconstruct, text2video4d
+from .recipe import Option, Recipe
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    reconstruct.RECIPE, dg4d.RECIPE, text2video4d.RECIPE, motion.RECIPE, motion_sample.RECIPE,
+)}
+
+
+def recipes_for(command: str) -> list[Recipe]:
+    """The recipes a command can run, its default first."""
+    return [r for r in RECIPES.values() if command in r.commands]
+
+
+__all__ = ["RECIPES", "Option", "Recipe", "recipes_for"]

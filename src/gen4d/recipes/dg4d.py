@@ -1,6 +1,9 @@
 """``dg4d``: DreamGaussian4D, image -> 4D and video -> 4D with 4D Gaussians (Ren et al. 2023).
 
-Stages, chained in one resumable run directory:
+The recipe is configuration over the shared parts: the stage loop (:mod:`gen4d.training.loop`), the
+score-distillation stage (:mod:`gen4d.distill.stage`, Zero123 as its only guidance term, the input view as its
+reference views) and the priors (any factory, :mod:`gen4d.guidance.priors`). Stages, chained in one resumable run
+directory:
   0. ``driving`` - the driving video as RGBA frames: the input video (video mode), ``driving_video`` (a file or a
      folder of frames), or Stable Video Diffusion from the image; frames are recentred like the image;
   1. ``static``  - 3D Gaussians from the reference image: reference RGB + mask losses at the input camera and
@@ -53,35 +56,31 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..cameras import Cameras, frame_times, orbit_cameras
-from ..data.preprocess import (
-    composite,
-    load_image_rgba,
-    load_video_frames,
-    save_rgba_png,
-)
+from ..config import config_yaml
+from ..data.preprocess import composite, load_image_rgba, load_video_frames, save_rgba_png
+from ..devices import resolve_device, resolve_precision
+from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
+from ..distill.views import ViewSampling
 from ..eval.metrics import psnr, ssim
+from ..export.images import save_png, to_uint8
+from ..export.ply import load_inria_ply
+from ..export.scene import ExportConfig
+from ..export.video import write_video
 from ..fields.deformation import DeformationConfig
 from ..files import atomic_path
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
-from ..guidance.base import DTYPES
+from ..guidance.priors import PriorFactory, build_prior
 from ..guidance.sds import TimestepSchedule
-from ..runs import RunDir
+from ..guidance.svd import StableVideoDiffusion, SVDConfig
+from ..guidance.zero123 import Zero123Config, Zero123Reference
+from ..models.preflight import ModelRequirement, PackageRequirement, Requirement
+from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
+from ..scene import Scene4D
 from ..sh import sh_degree_from_bases
-from .common import (
-    LearningRates,
-    config_yaml,
-    deformation_optimizer,
-    exp_decay,
-    gaussian_optimizers,
-    merge_config,
-    resolve_device,
-    save_png,
-    to_uint8,
-)
-from .exporting import ExportConfig, export_scene
-from .loop import Stage, run_stages
-from .scene import Scene4D
+from ..training.loop import ArtifactStage, Stage, run_artifact, run_stages
+from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
+from .recipe import Option, Recipe
 
 
 @dataclass
@@ -202,6 +201,8 @@ class DG4DConfig:
     """Reference resolution (the preprocessed image and frames are size x size)."""
     border_ratio: float = 0.2
     """Empty border around the recentred object, as a fraction of ``size``."""
+    recenter: bool = True
+    """Recentre the object in the input (and driving frames) with ``border_ratio``; False keeps their framing."""
     seed: int = 0
     """Random seed."""
     device: str = "auto"
@@ -249,8 +250,21 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def build_config(preset: str, overrides: list[str], base: dict | None = None) -> DG4DConfig:
-    return merge_config(DG4DConfig, PRESETS, preset, overrides, base)
+def iters_overrides(iters: int) -> dict:
+    """``--iters N``: split like the seeds, equal static and dynamic steps."""
+    return {"static": {"iterations": max(1, iters // 2)}, "dynamic": {"iterations": max(1, iters - iters // 2)}}
+
+
+def requirements(cfg: DG4DConfig) -> list[Requirement]:
+    """What a run of ``cfg`` loads: Zero123 always; SVD when it generates the driving video or refines; rembg when
+    it cuts out generated frames with it."""
+    needs: list[Requirement] = [ModelRequirement(cfg.sds.model, "score distillation (Zero123)")]
+    generates = cfg.mode == "image" and not cfg.driving.path
+    if generates or cfg.refine.iterations > 0:
+        needs.append(ModelRequirement(cfg.driving.model, "the driving video / stage III (Stable Video Diffusion)"))
+    if generates and cfg.driving.alpha == "rembg":
+        needs.append(PackageRequirement("rembg", "pip install rembg", "cutting out the generated driving frames (or driving.alpha=reference)"))
+    return needs
 
 
 def _ramp(step: int, total: int, lo: int, hi: int) -> int:
@@ -258,19 +272,8 @@ def _ramp(step: int, total: int, lo: int, hi: int) -> int:
     return max(16, round((lo + f * (hi - lo)) / 16) * 16)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``precision`` -> fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 elsewhere, where fp16 kernels are slow or missing)."""
-    if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name not in DTYPES:
-        raise Gen4DError(f"precision must be auto, {', '.join(DTYPES)}; got {name!r}")
-    return name
-
-
-def load_svd(cfg: DG4DConfig, device: torch.device):
+def load_svd(cfg: DG4DConfig, device: torch.device) -> StableVideoDiffusion:
     """Stable Video Diffusion (``driving.model``) on ``device`` at the run's precision."""
-    from ..guidance.svd import StableVideoDiffusion, SVDConfig
-
     return StableVideoDiffusion(SVDConfig(model=cfg.driving.model, precision=resolve_precision(cfg.precision, device)), device=device)
 
 
@@ -292,8 +295,6 @@ def _check_refine(r: RefineConfig) -> None:
 
 def gaussians_from_ply(path: str) -> GaussianModel:
     """Static Gaussians from a 3DGS PLY (INRIA layout), as trainable parameters."""
-    from ..export.ply import load_inria_ply
-
     f = load_inria_ply(path)
     params = {
         "means": f.means, "quats": f.quats, "log_scales": torch.log(f.scales),
@@ -302,29 +303,30 @@ def gaussians_from_ply(path: str) -> GaussianModel:
     return GaussianModel(params, f.sh_degree)
 
 
-def driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``[T, 4, S, S]`` RGBA driving frames, made once and kept in ``stages/driving/frames``; always read back from
-    there (already recentred), so a resumed run trains on exactly the 8-bit numbers a fresh run did."""
-    folder = run.stage_dir("driving") / "frames"
-    done = run.stage_dir("driving") / "done"
-    if not done.exists():
-        frames = _make_driving_frames(cfg, run, reference, device)
-        for i, f in enumerate(frames):
-            save_rgba_png(folder / f"frame_{i:04d}.png", f)
-        done.write_text(f"{len(frames)} frames\n")
-    paths = sorted(folder.glob("frame_*.png"))
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1) for p in paths])
+# ------------------------------------------------------------------------------------------------ inputs
+def check(cfg: DG4DConfig) -> Tensor:
+    """Validate ``cfg`` and read its input view (nothing is written); returns the input view."""
+    if cfg.mode not in ("image", "video"):
+        raise Gen4DError(f"mode must be image or video, got {cfg.mode!r}")
+    _check_refine(cfg.refine)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    return load_reference(cfg)
+
+
+def load_reference(cfg: DG4DConfig) -> Tensor:
+    """The preprocessed input view ``[4, S, S]`` RGBA (image mode: the image; video mode: the first frame)."""
+    if cfg.mode == "image":
+        return load_image_rgba(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
+    return load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)[0]
 
 
 def _make_driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
     d = cfg.driving
     if cfg.mode == "video":
-        frames = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)
+        frames = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
     elif d.path:
-        frames = load_video_frames(d.path, size=cfg.size, border_ratio=cfg.border_ratio)
+        frames = load_video_frames(d.path, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
     else:
-        from ..export.video import write_video
-
         svd = load_svd(cfg, device)
         video = svd.generate_video(
             composite(reference)[None].to(device), num_frames=d.num_frames, height=d.height, width=d.width, steps=d.steps,
@@ -338,218 +340,268 @@ def _make_driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, 
             rgb = torch.nn.functional.interpolate(video.float().cpu(), size=(cfg.size, cfg.size), mode="area")
             frames = torch.cat([rgb, reference[3:].expand(len(rgb), 1, -1, -1)], dim=1)
         elif d.alpha == "rembg":
-            frames = load_video_frames(raw, size=cfg.size, border_ratio=cfg.border_ratio, remove_background=True)
+            frames = load_video_frames(raw, size=cfg.size, border_ratio=cfg.border_ratio, remove_background=True, recenter=cfg.recenter)
         else:
             raise Gen4DError(f"driving.alpha must be rembg or reference, got {d.alpha!r}")
     return frames
 
 
+def driving_stage(cfg: DG4DConfig, reference: Tensor, device: torch.device, run: RunDir) -> ArtifactStage:
+    """Stage 0: the driving frames as RGBA PNGs in ``stages/driving/frames``."""
+
+    def make(folder: Path) -> dict:
+        frames = _make_driving_frames(cfg, run, reference, device)
+        for i, f in enumerate(frames):
+            save_rgba_png(folder / "frames" / f"frame_{i:04d}.png", f)
+        return {"frames": len(frames)}
+
+    return ArtifactStage("driving", make)
+
+
+def read_driving_frames(run: RunDir) -> Tensor:
+    """``[T, 4, S, S]`` driving frames, always read back from their PNGs (already recentred), so a resumed run trains
+    on exactly the 8-bit numbers a fresh run did."""
+    paths = sorted((run.stage_dir("driving") / "frames").glob("frame_*.png"))
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1) for p in paths])
+
+
+@dataclass
+class RunInputs:
+    """What the stages of one run share."""
+
+    cfg: DG4DConfig
+    device: torch.device
+    reference: Tensor
+    """``[4, S, S]`` the preprocessed input view."""
+    frames: Tensor
+    """``[T, 4, S, S]`` the driving frames."""
+    priors: PriorFactory
+
+    def __post_init__(self):
+        self.white = torch.ones(3, device=self.device)
+        self.fov = math.radians(self.cfg.fov_deg)
+        self.n_frames = len(self.frames)
+        self.frame_rgb = composite(self.frames).permute(0, 2, 3, 1)  # [T, S, S, 3] on white
+        self.frame_alpha = self.frames[:, 3:].permute(0, 2, 3, 1)
+        self.zero123 = self.priors("zero123", self.zero123_config(), self.device)
+        self.image_reference = self.zero123.prepare_reference(composite(self.reference)[None], 0.0, 0.0, self.cfg.camera_radius)
+
+    def zero123_config(self) -> Zero123Config:
+        s = self.cfg.sds
+        return Zero123Config(
+            model=s.model, guidance_scale=s.guidance_scale, precision=resolve_precision(self.cfg.precision, self.device),
+            timesteps=TimestepSchedule(min_start=s.t_min, max_start=s.t_max_start, min_end=s.t_min, max_end=s.t_max_end),
+        )
+
+    def input_cameras(self, times) -> Cameras:
+        """The input camera (azimuth 0, elevation 0) once per time."""
+        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+        S = self.cfg.size
+        return orbit_cameras([0.0] * len(times), 0.0, self.cfg.camera_radius, self.fov, S, S, times=times).to(self.device)
+
+    def sds_views(self, times: str) -> ViewSampling:
+        s, R = self.cfg.sds, self.cfg.camera_radius
+        return ViewSampling(views=s.views, elevation_deg=(s.min_elevation, s.max_elevation), azimuth_deg=(-180.0, 180.0),
+                            radius=(R, R), fov_deg=(self.cfg.fov_deg, self.cfg.fov_deg), times=times)
+
+    def zero123_term(self, settings: StageSettings, times: str, references, deform: bool) -> GuidanceTerm:
+        return GuidanceTerm(
+            name="sds", prior=self.zero123, views=self.sds_views(times), weight=self.cfg.sds.weight if self.cfg.sds.views > 0 else 0.0,
+            per_view=True, resolution=lambda step: _ramp(step, settings.iterations, settings.resolution_start, settings.resolution_end),
+            references=references, deform=deform,
+        )
+
+    def preview(self, scene: Scene4D, step: int, folder: Path) -> None:
+        R, S = self.cfg.camera_radius, self.cfg.size
+        with torch.no_grad():
+            cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], [0.0] * 4, R, self.fov, S, S, times=0.5).to(self.device)
+            img = scene.render(cams, background=self.white).rgb
+        save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
+
+    def init_scene(self) -> Scene4D:
+        if self.cfg.static_ply:
+            return Scene4D(gaussians_from_ply(self.cfg.static_ply)).to(self.device)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        return Scene4D(GaussianModel.random_in_sphere(self.cfg.init_points, self.cfg.init_radius, 0, g)).to(self.device)
+
+    def load_scene(self, tensors) -> Scene4D:
+        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
+        return Scene4D.from_tensors(tensors, degree, self.cfg.deformation).to(self.device)
+
+
+EXTENT = 1.0
+"""The object is normalised to the unit ball: learning rates are absolute."""
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def static_stage(st: RunInputs) -> Stage:
+    """Stage 1: the reference view (RGB + mask) + Zero123 SDS at random views, canonical Gaussians, densification."""
+    cfg, lr, n = st.cfg, st.cfg.lr, st.cfg.static.iterations
+    reference = ReferenceViews(
+        st.input_cameras(0.0), composite(st.reference.to(st.device)).permute(1, 2, 0)[None],
+        st.reference[3:].to(st.device).permute(1, 2, 0)[None], cfg.static.rgb_weight, cfg.static.mask_weight, deform=False,
+    )
+    losses = ScoreDistillation([st.zero123_term(cfg.static, "zero", st.image_reference, deform=False)], reference, background=st.white)
+    return Stage(
+        name="static", iterations=n, seed=cfg.seed * 1000 + 1,
+        make_optimizers=lambda scene: gaussian_optimizers(scene, lr, EXTENT),
+        learning_rates=lambda step: {"means": exp_decay(step, n, lr.means, lr.means_final)},
+        losses=losses, strategy=DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=int(0.6 * n)), 1.0),
+        preview=st.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
+    )
+
+
+def dynamic_stage(st: RunInputs) -> Stage:
+    """Stage 2: a zero-initialised deformation field fitted to the driving frames at the input camera + Zero123 SDS at
+    random views at the time of the step's first frame, conditioned on that frame."""
+    cfg, lr, n = st.cfg, st.cfg.lr, st.cfg.dynamic.iterations
+    T = st.n_frames
+    reference = ReferenceViews(
+        st.input_cameras(torch.arange(T, dtype=torch.float32) / (T - 1)), st.frame_rgb, st.frame_alpha,
+        cfg.dynamic.rgb_weight, cfg.dynamic.mask_weight, frames_per_step=cfg.dynamic.frames_per_step,
+    )
+    frame_references: list[Zero123Reference] = []
+
+    def references() -> Zero123Reference:
+        # Zero123 conditioning of every driving frame, computed once per run, frame by frame
+        if not frame_references:
+            frame_references.extend(st.zero123.prepare_reference(st.frame_rgb[i].permute(2, 0, 1)[None], 0.0, 0.0, cfg.camera_radius)
+                                    for i in range(T))
+        return Zero123Reference.stack(frame_references)
+
+    term = st.zero123_term(cfg.dynamic, "reference", None, deform=True)
+    losses = ScoreDistillation([term], reference, background=st.white)
+
+    def optimizers(scene: Scene4D):
+        term.references = references()
+        opts = gaussian_optimizers(scene, lr, EXTENT) if cfg.dynamic.train_gaussians else {}
+        scene.gaussians.requires_grad_(cfg.dynamic.train_gaussians)
+        opts["deformation"] = deformation_optimizer(scene, lr, EXTENT)
+        return opts
+
+    return Stage(
+        name="dynamic", iterations=n, seed=cfg.seed * 1000 + 2,
+        prepare=lambda scene: scene.attach_deformation(cfg.deformation, cfg.seed),
+        make_optimizers=optimizers,
+        learning_rates=lambda step: {
+            **({"means": exp_decay(step, n, lr.means, lr.means_final)} if cfg.dynamic.train_gaussians else {}),
+            "deformation": [exp_decay(step, n, lr.grid, lr.grid_final), exp_decay(step, n, lr.mlp, lr.mlp_final)],
+        },
+        losses=losses, preview=st.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
+    )
+
+
+class RefineTargets:
+    """Stage III's targets: rounds of SVD partial-denoise clips along an orbit, kept on disk (module doc)."""
+
+    def __init__(self, st: RunInputs, run: RunDir):
+        self.st, self.run = st, run
+        self.svd: list = []  # loaded on first use: a resume with every target on disk needs no SVD
+        self.current: dict = {}
+        rc = st.cfg.refine
+        self.clip_frames = rc.frames or st.n_frames
+
+    def clip(self, scene: Scene4D, k: int, start_azimuth: float | None) -> tuple[Cameras, Tensor]:
+        """Round ``k``'s clip cameras and ``[F, H, W, 3]`` targets: read from disk, or rendered and refined now."""
+        st, rc, d = self.st, self.st.cfg.refine, self.st.cfg.driving
+        R = st.cfg.camera_radius
+        path = self.run.stage_dir("refine") / "targets" / f"round_{k:04d}.safetensors"
+        if not path.exists():
+            if start_azimuth is None:
+                raise Gen4DError(f"{path} is missing; delete {self.run.stage_dir('refine')} to restart the refinement")
+            cams = orbit_clip_cameras(start_azimuth, self.clip_frames, rc.resolution, R, st.fov, rc.azimuth_step).to(st.device)
+            with torch.no_grad():
+                renders = scene.render(cams, background=st.white).rgb.permute(0, 3, 1, 2)
+            if not self.svd:
+                self.svd.append(load_svd(st.cfg, st.device))
+            refined = self.svd[0].refine_video(
+                renders, composite(st.reference)[None], rc.strength, steps=d.steps, motion_bucket_id=d.motion_bucket_id,
+                fps=d.fps, noise_aug_strength=d.noise_aug_strength, seed=st.cfg.seed * 1000 + k, decode_chunk_size=d.decode_chunk or None,
+            )
+            with atomic_path(path) as tmp:  # uint8, and always read back, so a resumed run sees the same numbers
+                save_file({"frames": torch.from_numpy(to_uint8(refined.permute(0, 2, 3, 1))).contiguous()}, str(tmp),
+                          metadata={"start_azimuth": repr(start_azimuth)})
+        with safe_open(str(path), framework="pt") as f:
+            start, targets = float(f.metadata()["start_azimuth"]), f.get_tensor("frames")
+        cams = orbit_clip_cameras(start, len(targets), targets.shape[1], R, st.fov, rc.azimuth_step).to(st.device)
+        return cams, targets.to(st.device).float() / 255.0
+
+    def losses(self, scene: Scene4D, step: int, generator: torch.Generator):
+        st, rc = self.st, self.st.cfg.refine
+        k = step // rc.regenerate_every
+        if step % rc.regenerate_every == 0:  # drawn at every round start, cached or not, so resumed runs stay in step
+            start = float(torch.rand(1, generator=generator)) * 360.0 - 180.0
+            self.current.clear()
+            self.current[k] = self.clip(scene, k, start)
+        elif k not in self.current:  # resumed inside a round
+            self.current.clear()
+            self.current[k] = self.clip(scene, k, None)
+        cams, targets = self.current[k]
+        views = scene.render(cams, background=st.white)
+        terms = {"svd": rc.svd_weight * (views.rgb - targets).square().mean()}
+        if rc.reference_weight > 0:
+            ref = scene.render(st.input_cameras(frame_times(st.n_frames)), background=st.white)
+            terms["rgb"] = rc.reference_weight * st.n_frames * (ref.rgb - st.frame_rgb).square().mean()
+        return terms, views.meta
+
+
+def refine_stage(st: RunInputs, run: RunDir) -> Stage:
+    """Stage III: the Gaussians' colours against SVD partial-denoise targets (module doc); the rest frozen."""
+    cfg, rc = st.cfg, st.cfg.refine
+    targets = RefineTargets(st, run)
+
+    def colour_optimizers(scene: Scene4D):
+        scene.requires_grad_(False)  # geometry, opacity and motion stay exactly as stage II left them
+        rates = dataclasses.replace(cfg.lr, sh0=rc.lr, shN=rc.lr / 20)
+        colours = ("sh0", "shN")
+        for name in colours:
+            scene.gaussians.params[name].requires_grad_(True)
+        return {name: opt for name, opt in gaussian_optimizers(scene, rates, EXTENT).items() if name in colours}
+
+    return Stage(name="refine", iterations=rc.iterations, seed=cfg.seed * 1000 + 3, make_optimizers=colour_optimizers,
+                 losses=targets.losses, preview=st.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every)
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
 def run_dg4d(
     cfg: DG4DConfig, out: str | Path, command: str = "gen4d image", quiet: bool = False, stop_after_step: int | None = None,
-    run: RunDir | None = None,
+    run: RunDir | None = None, priors: PriorFactory = build_prior,
 ) -> dict:
     """Image or video -> 4D Gaussians -> exports. Validates the input before touching ``out``.
 
     ``run``: an already prepared run directory (a recipe that chains this one, e.g. text -> video -> 4D, prepares
-    ``out`` with its own configuration); None prepares ``out`` with ``cfg``.
+    ``out`` with its own configuration); None prepares ``out`` with ``cfg``. ``priors``: what builds the priors
+    (the published models, or oracles in ``gen4d demo``).
     """
-    from ..guidance.zero123 import Zero123Config, Zero123Guidance
-
-    if cfg.mode not in ("image", "video"):
-        raise Gen4DError(f"mode must be image or video, got {cfg.mode!r}")
-    _check_refine(cfg.refine)
+    reference = check(cfg)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    if cfg.mode == "image":
-        reference = load_image_rgba(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)
-    else:
-        reference = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio)[0]
     if run is None:
         run = RunDir(out)
         run.prepare(config_yaml(cfg), command)
     save_rgba_png(run.root / "input.png", reference)
-    frames = driving_frames(cfg, run, reference, device).to(device)
-    n_frames = len(frames)
-    if n_frames < 2:
-        raise Gen4DError(f"the driving video has {n_frames} frame; a 4D asset needs at least 2")
+    run_artifact(run, driving_stage(cfg, reference, device, run))
+    frames = read_driving_frames(run).to(device)
+    if len(frames) < 2:
+        raise Gen4DError(f"the driving video has {len(frames)} frame; a 4D asset needs at least 2")
 
-    fov = math.radians(cfg.fov_deg)
-    R = cfg.camera_radius
-    white = torch.ones(3, device=device)
-    ref_rgb = composite(frames).permute(0, 2, 3, 1)  # [T, S, S, 3] on white
-    ref_alpha = frames[:, 3:].permute(0, 2, 3, 1)  # [T, S, S, 1]
-    image_rgb = composite(reference.to(device)).permute(1, 2, 0)
-    image_alpha = reference[3:].to(device).permute(1, 2, 0)
-
-    zero123 = Zero123Guidance(
-        Zero123Config(
-            model=cfg.sds.model, guidance_scale=cfg.sds.guidance_scale, precision=precision,
-            timesteps=TimestepSchedule(min_start=cfg.sds.t_min, max_start=cfg.sds.t_max_start, min_end=cfg.sds.t_min, max_end=cfg.sds.t_max_end),
-        ),
-        device=device,
+    st = RunInputs(cfg, device, reference, frames, priors)
+    stages = ([static_stage(st)] if cfg.static.iterations > 0 else []) + [dynamic_stage(st)]
+    if cfg.refine.iterations > 0:
+        stages.append(refine_stage(st, run))
+    asset = AssetInfo(
+        final_stage=stages[-1].name, frames=st.n_frames, radius=cfg.camera_radius, deformation=dataclasses.asdict(cfg.deformation),
+        export=dataclasses.asdict(cfg.export), device=cfg.device,
     )
-    image_reference = zero123.prepare_reference(composite(reference)[None], 0.0, 0.0, R)
-
-    def ref_camera(size: int, t: float) -> Cameras:
-        return orbit_cameras([0.0], [0.0], R, fov, size, size, times=t).to(device)
-
-    def random_views(generator: torch.Generator, size: int, t: float) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
-        n = cfg.sds.views
-        az = torch.rand(n, generator=generator) * 360.0 - 180.0
-        el = cfg.sds.min_elevation + torch.rand(n, generator=generator) * (cfg.sds.max_elevation - cfg.sds.min_elevation)
-        return orbit_cameras(az, el, R, fov, size, size, times=t).to(device), el, az
-
-    def stage_losses(settings: StageSettings, deform: bool, frame_references):
-        def fn(scene: Scene4D, step: int, generator: torch.Generator):
-            if deform:
-                k = settings.frames_per_step if 0 < settings.frames_per_step < n_frames else n_frames
-                idx = torch.randperm(n_frames, generator=generator)[:k]
-                t, zref = int(idx[0]) / (n_frames - 1), frame_references[int(idx[0])]
-                cams = orbit_cameras([0.0] * k, 0.0, R, fov, cfg.size, cfg.size, times=idx.float() / (n_frames - 1)).to(device)
-                target_rgb, target_alpha = ref_rgb[idx.to(device)], ref_alpha[idx.to(device)]
-            else:
-                t, zref, cams = 0.0, image_reference, ref_camera(cfg.size, 0.0)
-                target_rgb, target_alpha = image_rgb[None], image_alpha[None]
-            ref = scene.render(cams, background=white, deform=deform)
-            terms = {
-                "rgb": settings.rgb_weight * (ref.rgb - target_rgb).square().mean(),
-                "mask": settings.mask_weight * (ref.alpha - target_alpha).square().mean(),
-            }
-            if cfg.sds.weight > 0 and cfg.sds.views > 0:
-                size = _ramp(step, settings.iterations, settings.resolution_start, settings.resolution_end)
-                cams, el, az = random_views(generator, size, t)
-                views = scene.render(cams, background=white, deform=deform)
-                images = views.rgb.permute(0, 3, 1, 2)
-                sds = zero123(images, el.to(device), az.to(device), torch.full_like(el, R).to(device), step, generator=generator, reference=zref)
-                terms["sds"] = cfg.sds.weight * sds["loss_sds"] / cfg.sds.views
-            return terms, ref.meta
-
-        return fn
-
-    def preview(scene: Scene4D, step: int, folder: Path) -> None:
-        with torch.no_grad():
-            cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], [0.0] * 4, R, fov, cfg.size, cfg.size, times=0.5).to(device)
-            img = scene.render(cams, background=white).rgb
-        save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
-
-    def init_scene() -> Scene4D:
-        if cfg.static_ply:
-            return Scene4D(gaussians_from_ply(cfg.static_ply)).to(device)
-        g = torch.Generator().manual_seed(cfg.seed)
-        return Scene4D(GaussianModel.random_in_sphere(cfg.init_points, cfg.init_radius, 0, g)).to(device)
-
-    def load_scene(tensors) -> Scene4D:
-        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-        return Scene4D.from_tensors(tensors, degree, cfg.deformation).to(device)
-
-    def attach_field(scene: Scene4D) -> Scene4D:
-        return scene.attach_deformation(cfg.deformation, cfg.seed)
-
-    extent = 1.0  # the object is normalised to the unit ball; learning rates are absolute
-    lr = cfg.lr
-    n_static, n_dynamic = cfg.static.iterations, cfg.dynamic.iterations
-    frame_refs: list = []
-
-    def dynamic_optimizers(scene: Scene4D):
-        if not frame_refs:  # Zero123 conditioning for every driving frame, computed once per run
-            frame_refs.extend(zero123.prepare_reference(ref_rgb[i].permute(2, 0, 1)[None], 0.0, 0.0, R) for i in range(n_frames))
-        opts = gaussian_optimizers(scene, lr, extent) if cfg.dynamic.train_gaussians else {}
-        scene.gaussians.requires_grad_(cfg.dynamic.train_gaussians)
-        opts["deformation"] = deformation_optimizer(scene, lr, extent)
-        return opts
-
-    stages = [] if n_static == 0 else [
-        Stage(
-            name="static", iterations=n_static, seed=cfg.seed * 1000 + 1,
-            make_optimizers=lambda s: gaussian_optimizers(s, lr, extent),
-            learning_rates=lambda step: {"means": exp_decay(step, n_static, lr.means, lr.means_final)},
-            losses=stage_losses(cfg.static, False, None),
-            strategy=DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=int(0.6 * n_static)), 1.0),
-            preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
-        ),
-    ]
-    stages += [
-        Stage(
-            name="dynamic", iterations=n_dynamic, seed=cfg.seed * 1000 + 2, prepare=attach_field,
-            make_optimizers=dynamic_optimizers,
-            learning_rates=lambda step: {
-                **({"means": exp_decay(step, n_dynamic, lr.means, lr.means_final)} if cfg.dynamic.train_gaussians else {}),
-                "deformation": [exp_decay(step, n_dynamic, lr.grid, lr.grid_final), exp_decay(step, n_dynamic, lr.mlp, lr.mlp_final)],
-            },
-            losses=stage_losses(cfg.dynamic, True, frame_refs),
-            preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
-        ),
-    ]
-    rc = cfg.refine
-    clip_frames = rc.frames or n_frames
-    svd: list = []  # loaded on first use: a resume with every target on disk needs no SVD
-
-    def clip_targets(scene: Scene4D, k: int, start_azimuth: float | None) -> tuple[Cameras, Tensor]:
-        """Round ``k``'s clip cameras and ``[F, H, W, 3]`` targets: read from disk, or rendered and refined now."""
-        path = run.stage_dir("refine") / "targets" / f"round_{k:04d}.safetensors"
-        if not path.exists():
-            if start_azimuth is None:
-                raise Gen4DError(f"{path} is missing; delete {run.stage_dir('refine')} to restart the refinement")
-            cams = orbit_clip_cameras(start_azimuth, clip_frames, rc.resolution, R, fov, rc.azimuth_step).to(device)
-            with torch.no_grad():
-                renders = scene.render(cams, background=white).rgb.permute(0, 3, 1, 2)
-            if not svd:
-                svd.append(load_svd(cfg, device))
-            d = cfg.driving
-            refined = svd[0].refine_video(
-                renders, composite(reference)[None], rc.strength, steps=d.steps, motion_bucket_id=d.motion_bucket_id,
-                fps=d.fps, noise_aug_strength=d.noise_aug_strength, seed=cfg.seed * 1000 + k, decode_chunk_size=d.decode_chunk or None,
-            )
-            with atomic_path(path) as tmp:  # uint8, and always read back, so a resumed run sees the same numbers
-                save_file({"frames": torch.from_numpy(to_uint8(refined.permute(0, 2, 3, 1))).contiguous()}, str(tmp), metadata={"start_azimuth": repr(start_azimuth)})
-        with safe_open(str(path), framework="pt") as f:
-            start, targets = float(f.metadata()["start_azimuth"]), f.get_tensor("frames")
-        cams = orbit_clip_cameras(start, len(targets), targets.shape[1], R, fov, rc.azimuth_step).to(device)
-        return cams, targets.to(device).float() / 255.0
-
-    ref_cams = orbit_cameras([0.0] * n_frames, 0.0, R, fov, cfg.size, cfg.size, times=frame_times(n_frames).float()).to(device)
-    current: dict = {}
-
-    def refine_losses(scene: Scene4D, step: int, generator: torch.Generator):
-        k = step // rc.regenerate_every
-        if step % rc.regenerate_every == 0:  # drawn at every round start, cached or not, so resumed runs stay in step
-            start = float(torch.rand(1, generator=generator)) * 360.0 - 180.0
-            current.clear()
-            current[k] = clip_targets(scene, k, start)
-        elif k not in current:  # resumed inside a round
-            current.clear()
-            current[k] = clip_targets(scene, k, None)
-        cams, targets = current[k]
-        views = scene.render(cams, background=white)
-        terms = {"svd": rc.svd_weight * (views.rgb - targets).square().mean()}
-        if rc.reference_weight > 0:
-            ref = scene.render(ref_cams, background=white)
-            terms["rgb"] = rc.reference_weight * n_frames * (ref.rgb - ref_rgb).square().mean()
-        return terms, views.meta
-
-    def colour_optimizers(scene: Scene4D):
-        scene.requires_grad_(False)  # geometry, opacity and motion stay exactly as stage II left them
-        rates = dataclasses.replace(lr, sh0=rc.lr, shN=rc.lr / 20)
-        colours = ("sh0", "shN")
-        for name in colours:
-            scene.gaussians.params[name].requires_grad_(True)
-        return {name: opt for name, opt in gaussian_optimizers(scene, rates, extent).items() if name in colours}
-
-    if rc.iterations > 0:
-        stages.append(Stage(
-            name="refine", iterations=rc.iterations, seed=cfg.seed * 1000 + 3, make_optimizers=colour_optimizers,
-            losses=refine_losses, preview=preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
-        ))
-    scene, stats = run_stages(run, stages, init_scene, load_scene, quiet=quiet, stop_after_step=stop_after_step)
-    svd.clear()
+    write_asset_info(run, asset)
+    scene, stats = run_stages(run, stages, st.init_scene, st.load_scene, quiet=quiet, stop_after_step=stop_after_step)
     if not run.stage_complete(stages[-1].name):  # stopped on request (tests)
         return {}
     scene.eval()
     with torch.no_grad():  # how well the asset reproduces its input: every driving frame at the input camera
-        fit = scene.render(ref_cams, background=white)
-        fit_psnr = psnr(fit.rgb, ref_rgb).clamp(max=100.0)
-        fit_ssim = ssim(fit.rgb, ref_rgb)
-    written = export_scene(scene, run.exports, cfg.export, (1.0, 1.0, 1.0), default_frames=n_frames, default_radius=R, quiet=quiet)
+        fit = scene.render(st.input_cameras(frame_times(st.n_frames)), background=st.white)
+        fit_psnr = psnr(fit.rgb, st.frame_rgb).clamp(max=100.0)
+        fit_ssim = ssim(fit.rgb, st.frame_rgb)
+    written = export_asset(scene, run, asset, quiet=quiet)
     metrics = {
         "psnr": float(fit_psnr.mean()),
         "ssim": float(fit_ssim.mean()),
@@ -558,11 +610,31 @@ def run_dg4d(
         "seconds": sum(s["seconds"] for s in stats.values()),
         "stages": stats,
         "num_gaussians": len(scene.gaussians),
-        "iterations": n_static + n_dynamic + rc.iterations,
-        "driving_frames": n_frames,
+        "iterations": sum(s.iterations for s in stages),
+        "driving_frames": st.n_frames,
         "exports": written,
         "device": str(device),
     }
     run.write_metrics(metrics)
-    run.log(f"done: {len(scene.gaussians)} Gaussians, {n_frames} driving frames")
+    run.log(f"done: {len(scene.gaussians)} Gaussians, {st.n_frames} driving frames")
     return metrics
+
+
+RECIPE = Recipe(
+    name="dg4d",
+    commands=("image", "video"),
+    description="DreamGaussian4D: driving video, static Gaussians by Zero123 SDS + reference losses, deformation fitted to the driving frames",
+    config=DG4DConfig,
+    presets=PRESETS,
+    run=run_dg4d,
+    per_command={"image": {"mode": "image"}, "video": {"mode": "video"}},
+    options=(Option("--driving-video", "driving.path", "image: a video or folder of frames to use instead of generating one", path=True),),
+    iters=iters_overrides,
+    check=check,
+    requirements=requirements,
+    headline=lambda m: f"{m['num_gaussians']} Gaussians  {m['driving_frames']} frames  {m['seconds']:.0f} s training",
+)
+
+
+def build_config(preset: str, overrides: list[str], base: dict | None = None) -> DG4DConfig:
+    return RECIPE.build_config(preset, overrides, base)

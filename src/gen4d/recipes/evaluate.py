@@ -4,7 +4,7 @@ What :func:`run_eval` does:
 
 1. finds the object's ground truth (:func:`gen4d.data.consistent4d.find_object`): views ``eval_0 .. eval_3`` of
    ``T`` frames each, RGBA, composited on white (as Consistent4D's evaluation requires);
-2. loads the run's final scene (:func:`gen4d.recipes.reconstruct.load_finished_run`), then the metric networks
+2. loads the run's final scene (:func:`gen4d.runs.load_finished_run`), then the metric networks
    (missing weights stop it before any rendering);
 3. renders the scene at the
    evaluation cameras (azimuths -75, 15, 105, 195 deg, elevation 0, vertical fov 49.1 deg, at the ground
@@ -30,7 +30,7 @@ Metrics (Consistent4D's ``evaluation/`` scripts; differences are listed):
   row is NaN), so here one Frechet distance per object compares the set of its rendered view videos with the set
   of its ground-truth view videos (4 videos each).
 
-With ``--models tiny`` (:func:`gen4d.guidance.registry.set_model_set`) every network is a tiny random one of the
+With ``--models tiny`` (:func:`gen4d.models.registry.set_model_set`) every network is a tiny random one of the
 same class (:func:`gen4d.testing.tiny_metrics_dir`): the command runs anywhere, its numbers mean nothing.
 """
 
@@ -45,7 +45,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 from torch import Tensor
+from transformers import CLIPModel
 
 from .. import Gen4DError
 from ..cameras import frame_times
@@ -53,15 +55,24 @@ from ..data.consistent4d import (
     EVAL_AZIMUTHS_DEG,
     EVAL_ELEVATION_DEG,
     FOVY_DEG,
+    Consistent4DObject,
     aligned_eval_cameras,
     find_object,
     frame_files,
     input_alignment,
     read_frames,
 )
+from ..eval.clip_score import clip_similarity
+from ..eval.fvd import I3D_STATE_DICT_FILE, frechet_distance_from_features, i3d_features, load_i3d
+from ..eval.i3d import InceptionI3d
+from ..eval.lpips import ALEXNET_FILE, LPIPS_ALEX_FILE, load_lpips
 from ..eval.metrics import psnr, ssim
 from ..files import write_json
-from .common import merge_config, resolve_device, save_png
+from ..models.registry import METRIC_WEIGHTS, load_pretrained, model_set, model_set_folder
+from ..config import merge_config
+from ..devices import resolve_device
+from ..export.images import save_png
+from ..runs import load_finished_run
 
 __all__ = ["CLIP_MODEL", "METRICS", "EvalConfig", "MetricModels", "build_eval_config", "load_metric_models", "run_eval", "score_renders"]
 
@@ -155,32 +166,21 @@ class MetricModels:
 def load_metric_models(cfg: EvalConfig, metrics: list[str], device: torch.device) -> MetricModels:
     """Load the networks ``metrics`` need, from the files named in ``cfg`` or the default folders; with the tiny
     model set, tiny random networks of the same classes. Missing weights raise one :class:`Gen4DError`."""
-    from ..guidance.registry import load_pretrained, model_set
-
-    tiny = model_set() == "tiny"
+    tiny = model_set() != "real"
     folder = None
     if tiny and any(m in metrics for m in ("lpips", "clip", "fvd")):
-        from ..testing import tiny_metrics_dir
-
-        folder = tiny_metrics_dir()
-    models = MetricModels(info={"models": "tiny" if tiny else "real"})
+        folder = model_set_folder(METRIC_WEIGHTS)
+    models = MetricModels(info={"models": model_set()})
     if "lpips" in metrics:
-        from ..eval.perceptual import ALEXNET_FILE, LPIPS_ALEX_FILE, load_lpips
-
         alex = cfg.lpips_alexnet or (str(folder / ALEXNET_FILE) if tiny else None)
         heads = cfg.lpips_heads or (str(folder / LPIPS_ALEX_FILE) if tiny else None)
         models.lpips = load_lpips(alex, heads, device=device)
         models.info["lpips"] = "alex (lpips v0.1)"
     if "clip" in metrics:
-        from transformers import CLIPModel
-
         name = cfg.clip_model or (str(folder / "clip") if tiny else CLIP_MODEL)
         models.clip = load_pretrained(CLIPModel, name).eval().requires_grad_(False).to(device)
         models.info["clip"] = name
     if "fvd" in metrics:
-        from ..eval.i3d import InceptionI3d
-        from ..eval.perceptual import I3D_STATE_DICT_FILE, load_i3d
-
         path = cfg.i3d or (str(folder / I3D_STATE_DICT_FILE) if tiny else None)
         models.i3d = load_i3d(path, device=device)
         protocol = "consistent4d (InceptionI3d state dict)" if isinstance(models.i3d, InceptionI3d) else "stylegan-v (TorchScript I3D)"
@@ -213,8 +213,6 @@ def _view_image_metrics(pred: Tensor, gt: Tensor, metrics: list[str], models: Me
     if "lpips" in metrics:
         out["lpips"] = float(models.lpips(pred, gt, batch_size=cfg.batch_size).mean())
     if "clip" in metrics:
-        from ..eval.perceptual import clip_similarity
-
         out["clip"] = float(clip_similarity(pred, gt, models.clip, reduction="none", batch_size=cfg.batch_size).mean())
     return out
 
@@ -222,9 +220,6 @@ def _view_image_metrics(pred: Tensor, gt: Tensor, metrics: list[str], models: Me
 def _score_object(pred_dir: Path, gt_dir: Path, metrics: list[str], models: MetricModels, cfg: EvalConfig, device: torch.device) -> dict:
     """All metrics of one object: ``pred_dir/<view>/<i>.png`` against ``gt_dir/<view>/<i>.png``, one view in
     memory at a time (FVD keeps only each video's I3D features)."""
-    from ..data.consistent4d import Consistent4DObject
-    from ..eval.perceptual import frechet_distance_from_features, i3d_features
-
     views = Consistent4DObject(gt_dir.name, None, gt_dir).views()
     counts: dict[str, int] = {}
     sizes: set[tuple[int, int]] = set()
@@ -352,9 +347,6 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, quiet: bool = True) -> dict:
     ``renders`` (the folder), ``alignment``, ``settings`` and timings. Bad input raises :class:`Gen4DError`
     before anything is written.
     """
-    from rich.progress import track
-
-    from .reconstruct import load_finished_run
 
     t0 = time.perf_counter()
     metrics = selected_metrics(cfg)
@@ -427,7 +419,7 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, quiet: bool = True) -> dict:
     result.update(
         benchmark="consistent4d",
         run=str(finished.run.root),
-        stage=finished.stage,
+        stage=finished.asset.final_stage,
         renders=str(out_dir),
         ground_truth=str(obj.gt_dir),
         alignment=asdict(alignment) | {"input_frames": str(Path(frames[0]).parent), "recentred": cfg.align_input},

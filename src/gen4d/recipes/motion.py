@@ -6,12 +6,13 @@ Steps, in one resumable run directory:
      each long video is split into consecutive ``num_frames``-frame clips, resized and centre-cropped to
      ``height x width``; each clip's prompt comes from a text file beside its source or from ``prompt``
      (see :mod:`gen4d.data.videos`). With ``mode=images``: one 1-frame clip per image;
-  2. encode every clip once with the VAE: ``DIR/latents/clip_XXXX.safetensors`` (key ``latents``, ``[C, F, h, w]``
-     times the VAE scaling factor; the prompt, source and frame indices in the metadata), reused on resume and
-     by the sampler's noise prior;
-  3. train the dual-path LoRA (:mod:`gen4d.video.train`), checkpointing to ``DIR/stages/motion/`` and, with
+  2. the artifact stage ``latents``: every clip encoded once with the VAE into
+     ``DIR/stages/latents/clip_XXXX.safetensors`` (key ``latents``, ``[C, F, h, w]`` times the VAE scaling factor;
+     the prompt, source and frame indices in the metadata), reused on resume and by the sampler's noise prior;
+  3. the stage ``motion``: the dual-path LoRA (:mod:`gen4d.video.train`) trained by the shared stage loop,
+     checkpointing to ``DIR/stages/motion/``, previews in ``DIR/stages/motion/preview/`` and, with
      ``keep_checkpoint_loras``, a LoRA folder per checkpoint in ``DIR/lora_steps/step_XXXXXX/``;
-  4. write ``DIR/lora/`` (:func:`gen4d.video.lora.save_motion_lora`) and ``DIR/metrics.json``.
+  4. write ``DIR/lora/`` (:func:`gen4d.video.lora_files.save_motion_lora`) and ``DIR/metrics.json``.
 
 Defaults are MotionDirector's ``config_single_video.yaml`` (ZeroScope, 16 frames at 384 x 384, 150 steps,
 AdamW lr 5e-4, weight decay 1e-2, rank 32, one spatial LoRA per clip, gradient checkpointing, fp16 on CUDA).
@@ -23,10 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from safetensors import SafetensorError
 from torch import Tensor
 
 from .. import Gen4DError
+from ..config import config_yaml
+from ..devices import resolve_device, resolve_precision
+from ..export.images import to_uint8
+from ..models.preflight import ModelRequirement, Requirement
+from ..training.loop import ArtifactStage, Stage, run_artifact, run_stages
 from ..data.videos import (
     find_images,
     find_videos,
@@ -35,21 +42,26 @@ from ..data.videos import (
     read_video_clip,
     split_clips,
 )
+from ..export.video import write_video
+from ..guidance.prompts import PromptEncoder
+from ..models.registry import load_pretrained
 from ..runs import RunDir
-from ..video.lora import lora_adapters, save_motion_lora
+from ..video.lora import lora_adapters
+from ..video.lora_files import save_motion_lora
+from ..video.sampling import TextToVideo
 from ..video.train import (
+    LATENTS_STAGE,
+    STAGE,
     DualPathSettings,
     LoraSettings,
     MotionTrainer,
     OptimizerSettings,
     TrainingClip,
-    Validate,
     encode_clip,
     load_clip_latents,
     save_clip_latents,
-    train_loop,
 )
-from .common import config_yaml, merge_config, resolve_device, to_uint8
+from .recipe import Option, Recipe
 
 
 @dataclass
@@ -133,10 +145,6 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def build_config(preset: str, overrides: list[str], base: dict | None = None) -> MotionTrainConfig:
-    return merge_config(MotionTrainConfig, PRESETS, preset, overrides, base)
-
-
 @dataclass
 class ClipPixels:
     """A training clip before encoding."""
@@ -216,52 +224,50 @@ def collect_clips(cfg: MotionTrainConfig) -> list[ClipPixels]:
     return clips
 
 
-def latents_path(root: Path, index: int) -> Path:
-    """``DIR/latents/clip_XXXX.safetensors``."""
-    return root / "latents" / f"clip_{index:04d}.safetensors"
+def latents_path(folder: Path, index: int) -> Path:
+    """``<folder>/clip_XXXX.safetensors``."""
+    return folder / f"clip_{index:04d}.safetensors"
 
 
-def cache_latents(clips: list[ClipPixels], root: Path, cfg: MotionTrainConfig, device: torch.device, log=None) -> list[TrainingClip]:
-    """Latents of every clip, encoded once and kept in ``root/latents`` (files that match are reused)."""
-    out: list[TrainingClip | None] = [None] * len(clips)
-    todo = []
-    for i, c in enumerate(clips):
-        path = latents_path(root, i)
-        if path.exists():
-            try:
-                latents, prompt, meta = load_clip_latents(path)
-            except (OSError, SafetensorError, ValueError):  # a damaged cache entry is encoded again
-                latents, prompt, meta = None, "", {}
-            if latents is not None and prompt == c.prompt and meta.get("source") == c.source and meta.get("frames") == c.frames:
-                out[i] = TrainingClip(latents, c.prompt, c.source, c.frames)
-                continue
-        todo.append(i)
-    if todo:
-        from diffusers import AutoencoderKL
+def latents_stage(clips: list[ClipPixels], cfg: MotionTrainConfig, device: torch.device, log=None) -> ArtifactStage:
+    """Stage ``latents``: every clip encoded once by the VAE. An interrupted stage reuses the files that match."""
 
-        from ..guidance.registry import load_pretrained
-
-        vae = load_pretrained(AutoencoderKL, cfg.model, subfolder="vae").to(device).eval().requires_grad_(False)
-        for i in todo:
-            c = clips[i]
-            g = torch.Generator().manual_seed(cfg.seed * 100_003 + i) if cfg.sample_latents else None
-            latents = encode_clip(vae, c.pixels, g)
-            meta = {"source": c.source, "frames": c.frames, "height": cfg.height, "width": cfg.width,
-                    "scaling_factor": float(vae.config.scaling_factor)}
-            save_clip_latents(latents_path(root, i), latents, c.prompt, meta)
-            out[i] = TrainingClip(latents, c.prompt, c.source, c.frames)
+    def make(folder: Path) -> dict:
+        todo = []
+        for i, c in enumerate(clips):
+            path = latents_path(folder, i)
+            if path.exists():
+                try:
+                    _, prompt, meta = load_clip_latents(path)
+                except (OSError, SafetensorError, ValueError):  # a damaged cache entry is encoded again
+                    prompt, meta = None, {}
+                if prompt == c.prompt and meta.get("source") == c.source and meta.get("frames") == c.frames:
+                    continue
+            todo.append(i)
+        if todo:
+            vae = load_pretrained(AutoencoderKL, cfg.model, subfolder="vae").to(device).eval().requires_grad_(False)
+            for i in todo:
+                c = clips[i]
+                g = torch.Generator().manual_seed(cfg.seed * 100_003 + i) if cfg.sample_latents else None
+                latents = encode_clip(vae, c.pixels, g)
+                meta = {"source": c.source, "frames": c.frames, "height": cfg.height, "width": cfg.width,
+                        "scaling_factor": float(vae.config.scaling_factor)}
+                save_clip_latents(latents_path(folder, i), latents, c.prompt, meta)
+            del vae
         if log is not None:
             log(f"latents: encoded {len(todo)} clip(s), reused {len(clips) - len(todo)}")
-        del vae
-    return out  # type: ignore[return-value]
+        return {"clips": len(clips)}
+
+    return ArtifactStage(LATENTS_STAGE, make)
 
 
-def _precision(cfg: MotionTrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise Gen4DError("precision=fp16 needs a CUDA device; use precision=bf16 or fp32 on the CPU")
-    return cfg.precision
+def read_training_clips(run: RunDir, count: int) -> list[TrainingClip]:
+    """The clips of the ``latents`` stage, with their prompts and sources."""
+    out = []
+    for i in range(count):
+        latents, prompt, meta = load_clip_latents(latents_path(run.stage_dir(LATENTS_STAGE), i))
+        out.append(TrainingClip(latents, prompt, meta.get("source", ""), meta.get("frames", [])))
+    return out
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -269,31 +275,43 @@ def _slug(text: str, limit: int = 48) -> str:
     return "_".join(p for p in keep.split("_") if p)[:limit] or "prompt"
 
 
-def validation_sampler(cfg: MotionTrainConfig, training: list[TrainingClip], device: torch.device) -> Validate:
-    """``validate(unet, step, folder)`` writing one preview per prompt with the training UNet (adapters as the
-    loop sets them). The sampler's VAE and text encoder are loaded at the first preview; it samples with the
-    training UNet itself (no second copy is loaded)."""
-    from ..export.video import write_video
-    from ..video.sampling import TextToVideo
-
+def validation_preview(cfg: MotionTrainConfig, trainer: MotionTrainer, device: torch.device):
+    """The stage's preview: one video per prompt sampled with the training UNet itself (temporal LoRA on, spatial
+    off, :meth:`MotionTrainer.inference`); the sampler's VAE and text encoder are loaded at the first preview."""
     v = cfg.validation
-    prompts = list(v.prompts) or sorted({c.prompt for c in training})
+    prompts = list(v.prompts) or sorted({c.prompt for c in trainer.clips})
     state: dict = {}
 
-    def validate(unet, step: int, folder: Path) -> None:
-        if "t2v" not in state:  # the sampler's VAE and text encoder, around the UNet being trained
-            state["t2v"] = TextToVideo(cfg.model, device=device, unet=unet)
-        t2v = state["t2v"]
-        t2v.unet = unet
-        prior = training[0].latents[None] if v.noise_prior > 0 else None
-        for prompt in prompts:
-            sample = t2v.generate(
-                prompt, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, steps=v.steps,
-                guidance_scale=v.guidance_scale, seed=v.seed, prior_latents=prior, noise_prior=v.noise_prior,
-            )
-            write_video(folder / f"step_{step:06d}_{_slug(prompt)}.mp4", to_uint8(sample.frames.permute(0, 2, 3, 1)), fps=8)
+    def preview(model: MotionTrainer, step: int, folder: Path) -> None:
+        with model.inference() as unet:
+            if "t2v" not in state:  # the sampler's VAE and text encoder, around the UNet being trained
+                state["t2v"] = TextToVideo(cfg.model, device=device, unet=unet)
+            t2v = state["t2v"]
+            t2v.unet = unet
+            prior = model.clips[0].latents[None] if v.noise_prior > 0 else None
+            for prompt in prompts:
+                sample = t2v.generate(
+                    prompt, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, steps=v.steps,
+                    guidance_scale=v.guidance_scale, seed=v.seed, prior_latents=prior, noise_prior=v.noise_prior,
+                )
+                write_video(folder / f"step_{step:06d}_{_slug(prompt)}.mp4", to_uint8(sample.frames.permute(0, 2, 3, 1)), fps=8)
 
-    return validate
+    return preview
+
+
+def training_stage(cfg: MotionTrainConfig, trainer: MotionTrainer, device: torch.device, on_checkpoint=None) -> Stage:
+    """Stage ``motion``: the trainer's dual-path step as the stage's update (its own two optimisers)."""
+    return Stage(
+        name=STAGE, iterations=cfg.steps, seed=cfg.seed, make_optimizers=lambda model: model.optimizers,
+        update=lambda model, optimizers, step, generator: model.step(step, generator),
+        preview=validation_preview(cfg, trainer, device) if cfg.validation.every > 0 else None,
+        preview_every=cfg.validation.every, checkpoint_every=cfg.checkpoint_every,
+        extra_state=(trainer.scaler_state, trainer.load_scaler_state), on_checkpoint=on_checkpoint, record=True,
+    )
+
+
+def requirements(cfg: MotionTrainConfig) -> list[Requirement]:
+    return [ModelRequirement(cfg.model, "the text-to-video model trained on")]
 
 
 def run_motion_train(
@@ -302,31 +320,24 @@ def run_motion_train(
     command: str = "gen4d motion train",
     quiet: bool = False,
     stop_after_step: int | None = None,
-    validate: Validate | None = None,
 ) -> dict:
     """Train a motion LoRA (see the module docstring). Validates the inputs before touching ``out``.
 
-    ``validate(unet, step, folder)``: the preview writer called every ``cfg.validation.every`` steps (temporal
-    LoRA on, spatial LoRA off, eval mode, no gradient, random state set aside) with ``DIR/samples``; None:
-    :func:`validation_sampler`.
+    Previews (every ``cfg.validation.every`` steps) go to ``DIR/stages/motion/preview``.
     ``stop_after_step``: for tests, stop right after the checkpoint at that step (returns ``{}``).
     Returns the metrics written to ``DIR/metrics.json``.
     """
-    from diffusers import DDPMScheduler, UNet3DConditionModel
-
-    from ..guidance.prompts import PromptEncoder
-    from ..guidance.registry import load_pretrained
-
     clips = collect_clips(cfg)
     device = resolve_device(cfg.device)
-    precision = _precision(cfg, device)
+    precision = resolve_precision(cfg.precision, device)
     # the smallest file of the model first: a missing model is reported before anything is written
     scheduler = load_pretrained(DDPMScheduler, cfg.model, subfolder="scheduler")
     run = RunDir(out)
     run.prepare(config_yaml(cfg), command)
     run.log(f"inputs: {len(clips)} clip(s) of {clips[0].pixels.shape[0]} frame(s) at {cfg.width}x{cfg.height}")
 
-    training = cache_latents(clips, run.root, cfg, device, log=run.log)
+    run_artifact(run, latents_stage(clips, cfg, device, log=run.log))
+    training = read_training_clips(run, len(clips))
     encoder = PromptEncoder(cfg.model, device=device)
     embeddings = encoder.encode([c.prompt for c in training])
     del encoder  # the text encoder is not needed while training
@@ -351,14 +362,12 @@ def run_motion_train(
         if cfg.keep_checkpoint_loras:
             save_lora(run.root / "lora_steps" / f"step_{step:06d}", step)
 
-    if validate is None and cfg.validation.every > 0:
-        validate = validation_sampler(cfg, training, device)
-    stats = train_loop(
-        trainer, run, cfg.steps, checkpoint_every=cfg.checkpoint_every, quiet=quiet, stop_after_step=stop_after_step,
-        validate=validate, validation_every=cfg.validation.every, on_checkpoint=on_checkpoint,
-    )
-    if stats is None:  # stopped on request (tests)
+    stage = training_stage(cfg, trainer, device, on_checkpoint)
+    _, stats = run_stages(run, [stage], lambda: trainer, trainer.load_tensors, quiet=quiet, stop_after_step=stop_after_step)
+    if not run.stage_complete(STAGE):  # stopped on request (tests)
         return {}
+    history = stats[STAGE]["history"]
+    losses = {"spatial": history.get("spatial", [None] * cfg.steps), "temporal": history.get("temporal", [None] * cfg.steps)}
     save_lora(run.root / "lora", cfg.steps)
 
     def tail_mean(values: list) -> float | None:
@@ -366,11 +375,11 @@ def run_motion_train(
         return sum(vals) / len(vals) if vals else None
 
     metrics = {
-        "seconds": stats["seconds"],
-        "steps": stats["steps"],
-        "losses": stats["losses"],
-        "loss_temporal_last10": tail_mean(stats["losses"]["temporal"]),
-        "loss_spatial_last10": tail_mean(stats["losses"]["spatial"]),
+        "seconds": stats[STAGE]["seconds"],
+        "steps": cfg.steps,
+        "losses": losses,
+        "loss_temporal_last10": tail_mean(losses["temporal"]),
+        "loss_spatial_last10": tail_mean(losses["spatial"]),
         "clips": len(training),
         "num_frames": frames,
         "height": cfg.height,
@@ -383,3 +392,23 @@ def run_motion_train(
     run.write_metrics(metrics)
     run.log(f"done: LoRA in {run.root / 'lora'} ({len(training)} clips, {cfg.steps} steps)")
     return metrics
+
+
+RECIPE = Recipe(
+    name="motiondirector",
+    commands=("motion train",),
+    description="MotionDirector: dual-path (spatial + temporal) LoRA on a text-to-video model from reference video(s)",
+    config=MotionTrainConfig,
+    presets=PRESETS,
+    run=run_motion_train,
+    options=(Option("--prompt", "prompt", "what the video shows (else read from a .txt next to each video)"),),
+    iters=lambda n: {"steps": n},
+    check=lambda cfg: (collect_clips(cfg), None)[1],
+    requirements=requirements,
+    headline=lambda m: f"{m['steps']} steps  {m['seconds']:.0f} s training",
+    outputs=lambda out: [("motion LoRA", f"{out / 'lora'}  (use it with: gen4d motion sample \"PROMPT\" --motion {out} --out OUT)")],
+)
+
+
+def build_config(preset: str, overrides: list[str], base: dict | None = None) -> MotionTrainConfig:
+    return RECIPE.build_config(preset, overrides, base)

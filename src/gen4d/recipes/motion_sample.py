@@ -9,7 +9,7 @@ What it does (:func:`generate_video`, shared with the text -> video -> 4D recipe
      (MotionDirector's ``MotionDirector_inference_multi.py``);
   3. initial latents: seeded Gaussian noise ``eps``, mixed with a DDIM inversion ``z_inv`` when ``noise_prior``
      ``p > 0``: ``sqrt(p) z_inv + sqrt(1 - p) eps`` (:mod:`gen4d.video.sampling`). ``z_inv`` inverts one of
-     ``motion``'s cached training latents (``DIR/latents/clip_XXXX.safetensors``, chosen with the seed unless
+     ``motion``'s cached training latents (``DIR/stages/latents/clip_XXXX.safetensors``, chosen with the seed unless
      ``latent_index`` says which), or the clip ``reference`` when given;
   4. DDIM sampling with classifier-free guidance, VAE decoding frame by frame.
 
@@ -32,9 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .. import Gen4DError
 from ..runs import RunDir
+from ..video.train import LATENTS_STAGE
 from ..video.sampling import (
     DEFAULT_FPS,
     DEFAULT_GUIDANCE,
@@ -47,7 +50,13 @@ from ..video.sampling import (
     VideoSample,
     load_motion_adapters,
 )
-from .common import config_yaml, merge_config, resolve_device, save_png, to_uint8
+from ..config import config_yaml
+from ..data.videos import read_video_clip
+from ..devices import resolve_device, resolve_precision
+from ..export.images import save_png, to_uint8
+from ..export.video import write_gif, write_video
+from ..models.preflight import ModelRequirement, Requirement
+from .recipe import Option, Recipe
 
 LORA_CONFIG = "lora_config.json"
 
@@ -65,7 +74,7 @@ class MotionSampleConfig:
     model: str = "zeroscope"
     """Text-to-video model: registry name (zeroscope, modelscope), Hub id or diffusers folder."""
     motion: str = ""
-    """A ``gen4d motion train`` run folder (``DIR/lora/`` + ``DIR/latents/``) or a LoRA folder: its temporal LoRA
+    """A ``gen4d motion train`` run folder (``DIR/lora/`` + ``DIR/stages/latents/``) or a LoRA folder: its temporal LoRA
     is applied, its cached latents feed the noise prior. Empty: plain text-to-video."""
     temporal_scale: float = 1.0
     """Scale of the temporal (motion) LoRA of ``motion``; 0 leaves it out."""
@@ -122,7 +131,7 @@ PRESETS: dict[str, list[str]] = {
 
 def build_config(preset: str, overrides: list[str], base: dict | None = None) -> MotionSampleConfig:
     """Dataclass defaults <- preset <- ``base`` (command-line flags) <- ``key=value`` overrides."""
-    return merge_config(MotionSampleConfig, PRESETS, preset, overrides, base)
+    return RECIPE.build_config(preset, overrides, base)
 
 
 # ----------------------------------------------------------------------------------------------- training folders
@@ -139,10 +148,11 @@ def lora_folder(path: str | Path) -> Path:
 
 
 def cached_latent_files(path: str | Path) -> list[Path]:
-    """``DIR/latents/clip_*.safetensors`` of a training run (``path`` = the run folder or its ``lora`` folder)."""
+    """``DIR/stages/latents/clip_*.safetensors`` of a training run (``path`` = the run folder or its ``lora``
+    folder)."""
     path = Path(path)
     for root in (path, path.parent):
-        files = sorted((root / "latents").glob("clip_*.safetensors"))
+        files = sorted((root / "stages" / LATENTS_STAGE).glob("clip_*.safetensors"))
         if files:
             return files
     return []
@@ -150,9 +160,6 @@ def cached_latent_files(path: str | Path) -> list[Path]:
 
 def load_cached_latent(path: Path) -> torch.Tensor:
     """``[1, C, F, h, w]`` from a cached training clip (key ``latents``, ``[C, F, h, w]``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         latents = load_file(str(path))["latents"]
     except (OSError, KeyError, SafetensorError) as e:
@@ -188,18 +195,9 @@ def check_config(cfg: MotionSampleConfig) -> None:
             raise Gen4DError(f"noise_prior={cfg.noise_prior} needs a clip to invert: pass --motion DIR (its cached latents) or reference=VIDEO")
         files = cached_latent_files(cfg.motion)
         if not files:
-            raise Gen4DError(f"noise_prior={cfg.noise_prior} but {cfg.motion} holds no latents/clip_*.safetensors; pass reference=VIDEO or noise_prior=0")
+            raise Gen4DError(f"noise_prior={cfg.noise_prior} but {cfg.motion} holds no stages/latents/clip_*.safetensors; pass reference=VIDEO or noise_prior=0")
         if cfg.latent_index >= len(files):
             raise Gen4DError(f"latent_index={cfg.latent_index} but {cfg.motion} holds {len(files)} cached latents (0..{len(files) - 1})")
-
-
-def precision_for(name: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA, fp32 elsewhere; fp16 needs CUDA."""
-    if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise Gen4DError("precision=fp16 needs a CUDA device; use precision=bf16 or fp32 on the CPU")
-    return name
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -209,8 +207,6 @@ def prior_latents(cfg: MotionSampleConfig, t2v: TextToVideo) -> tuple[torch.Tens
     if cfg.noise_prior == 0:
         return None, ""
     if cfg.reference:
-        from ..data.videos import read_video_clip
-
         frames = read_video_clip(cfg.reference, cfg.height, cfg.width)[: cfg.num_frames]
         return t2v.encode_video(frames, chunk=cfg.decode_chunk), str(cfg.reference)
     files = cached_latent_files(cfg.motion)
@@ -225,7 +221,7 @@ def generate_video(
     check_config(cfg)
     say = log or (lambda message: None)
     start = time.perf_counter()
-    t2v = TextToVideo(cfg.model, device, precision_for(cfg.precision, device))
+    t2v = TextToVideo(cfg.model, device, resolve_precision(cfg.precision, device))
     adapters: dict[str, float] = {}
     if cfg.motion or cfg.spatial:
         adapters = load_motion_adapters(
@@ -250,7 +246,7 @@ def generate_video(
         "prompt": prompt, "model": cfg.model, "num_frames": cfg.num_frames, "height": cfg.height, "width": cfg.width,
         "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "seed": cfg.seed, "adapters": adapters,
         "noise_prior": cfg.noise_prior, "prior_source": source, "seconds": seconds, "device": str(device),
-        "precision": precision_for(cfg.precision, device),
+        "precision": resolve_precision(cfg.precision, device),
     }
     return sample, info
 
@@ -258,8 +254,6 @@ def generate_video(
 def write_video_outputs(frames: torch.Tensor, folder: Path, fps: int, frames_folder: str = "frames") -> dict[str, list[str]]:
     """``frames [F, 3, H, W]`` in [0, 1] -> ``folder/video.mp4``, ``folder/video.gif`` and
     ``folder/<frames_folder>/frame_XXXX.png``; returns ``{"mp4": [...], "gif": [...], "frames": [...]}``."""
-    from ..export.video import write_gif, write_video
-
     images = frames.permute(0, 2, 3, 1)
     pngs = []
     for i, image in enumerate(images):
@@ -277,7 +271,7 @@ def run_motion_sample(cfg: MotionSampleConfig, out: str | Path, command: str = "
     touching ``out``; a finished run is not sampled again. Returns the metrics written to ``out/metrics.json``."""
     check_config(cfg)
     device = resolve_device(cfg.device)
-    precision_for(cfg.precision, device)
+    resolve_precision(cfg.precision, device)
     run = RunDir(out)
     resuming = run.prepare(config_yaml(cfg), command)
     if resuming and run.metrics_path.is_file() and (run.root / "video.mp4").is_file():
@@ -289,3 +283,25 @@ def run_motion_sample(cfg: MotionSampleConfig, out: str | Path, command: str = "
     run.write_metrics(metrics)
     run.log(f"done: {run.root / 'video.mp4'}")
     return metrics
+
+
+def requirements(cfg: MotionSampleConfig) -> list[Requirement]:
+    return [ModelRequirement(cfg.model, "the text-to-video model")]
+
+
+RECIPE = Recipe(
+    name="motion-sample",
+    commands=("motion sample",),
+    description="text -> video with a learned motion (DDIM, optional DDIM-inversion noise prior)",
+    config=MotionSampleConfig,
+    presets=PRESETS,
+    run=run_motion_sample,
+    input_key="prompt",
+    input_is_path=False,
+    options=(Option("--motion", "motion", "a `gen4d motion train` run folder (its temporal LoRA); none: plain text-to-video", path=True),),
+    iters=lambda n: {"steps": n},
+    check=check_config,
+    requirements=requirements,
+    headline=lambda m: f"{m['num_frames']} frames at {m['width']}x{m['height']}, {m['steps']} DDIM steps",
+    outputs=lambda out: [("video", f"{out / 'video.mp4'}  ({out / 'video.gif'})")],
+)

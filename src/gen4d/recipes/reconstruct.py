@@ -17,24 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from .. import Gen4DError
 from ..cameras import Cameras
+from ..config import config_yaml
 from ..data.dnerf import MultiViewVideo, read_dnerf_scene
+from ..devices import resolve_device
 from ..eval.metrics import psnr, ssim
+from ..export.images import save_png
+from ..export.scene import ExportConfig
 from ..fields.deformation import DeformationConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
-from ..runs import RunDir
-from ..sh import sh_degree_from_bases
-from .common import (
-    LearningRates, config_yaml, deformation_optimizer, exp_decay, gaussian_optimizers, merge_config, photometric_loss,
-    resolve_device, save_png,
-)
-from .exporting import ExportConfig, export_scene
-from .loop import Stage, run_stages
-from .scene import Scene4D
+from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
+from ..scene import Scene4D
+from ..training.loop import Stage, run_stages
+from ..training.losses import photometric_loss, regulariser_losses
+from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
+from .recipe import Recipe
 
 
 @dataclass
@@ -133,13 +133,11 @@ PRESETS: dict[str, list[str]] = {
     ],
 }
 
-# The synthetic scene `gen4d demo` writes (arguments of data.synthetic.write_synthetic_scene).
-DEMO_SCENE = dict(resolution=64, train_views=12, train_times=16, test_views=8)
 
 
 def build_config(preset: str, overrides: list[str], base: dict | None = None) -> ReconstructConfig:
     """Defaults <- preset <- ``base`` (e.g. CLI flags) <- ``key=value`` overrides; errors name the bad key."""
-    return merge_config(ReconstructConfig, PRESETS, preset, overrides, base)
+    return RECIPE.build_config(preset, overrides, base)
 
 
 class TrainingData:
@@ -223,13 +221,10 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
             out = scene.render(_select(data.cameras, idx), background=step_bg, deform=deform)
             terms = photometric_loss(out.rgb, target, cfg.loss.ssim_weight)
             if deform:
-                hp = scene.deformation.hexplane
-                if cfg.loss.plane_tv_weight:
-                    terms["plane_tv"] = cfg.loss.plane_tv_weight * hp.plane_tv()
-                if cfg.loss.time_smoothness_weight:
-                    terms["time_smooth"] = cfg.loss.time_smoothness_weight * hp.time_smoothness()
-                if cfg.loss.time_l1_weight:
-                    terms["time_l1"] = cfg.loss.time_l1_weight * hp.time_l1()
+                terms.update(regulariser_losses(scene, {
+                    "plane_tv": cfg.loss.plane_tv_weight, "time_smoothness": cfg.loss.time_smoothness_weight,
+                    "time_l1": cfg.loss.time_l1_weight,
+                }))
             return terms, out.meta
 
         return fn
@@ -273,6 +268,12 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
                 checkpoint_every=cfg.train.checkpoint_every, preview_every=cfg.train.preview_every,
             )
         )
+    asset = AssetInfo(
+        final_stage=stages[-1].name, frames=len(torch.unique(train.times)), radius=cam_dist, background=[float(c) for c in train.background],
+        antialiased=cfg.model.antialiased, deformation=dataclasses.asdict(cfg.deformation), export=dataclasses.asdict(cfg.export),
+        device=cfg.device,
+    )
+    write_asset_info(run, asset)
     scene, stats = run_stages(run, stages, init_scene, load_scene, quiet=quiet, stop_after_step=stop_after_step)
     if stop_after_step is not None and any(not run.stage_complete(s.name) for s in stages):
         return {}
@@ -289,7 +290,7 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
         device=str(device),
     )
     run.write_metrics(metrics)
-    written = export_for(scene, run, cfg, train, quiet=quiet)
+    written = export_asset(scene, run, asset, quiet=quiet)
     metrics["exports"] = written
     metrics["wall_seconds"] = time.perf_counter() - t0
     run.write_metrics(metrics)
@@ -329,80 +330,20 @@ def evaluate(scene: Scene4D, split: MultiViewVideo, bg: torch.Tensor, image_dir:
     }
 
 
-@dataclass
-class FinishedRun:
-    """A finished run directory, loaded back (any recipe: every recipe's stages checkpoint the same way).
-
-    run: the directory. config: its ``config.yaml`` as plain containers (the recipe's fields as written).
-    scene: the final scene on ``device``, in evaluation mode. stage: the stage whose checkpoint it comes from.
-    """
-
-    run: RunDir
-    config: dict
-    scene: Scene4D
-    stage: str
-    device: torch.device
+def headline(metrics: dict) -> str:
+    return (f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  {metrics['num_gaussians']} Gaussians  "
+            f"{metrics['iterations']} steps  {metrics['seconds']:.0f} s training")
 
 
-# Stage names in the order recipes run them; breaks ties between checkpoints written within one clock tick.
-_STAGE_ORDER = ("static", "dynamic", "refine")
-
-
-def load_finished_run(out: str | Path, device: str | torch.device | None = None) -> FinishedRun:
-    """Load the final scene of a finished run (``gen4d export``, ``gen4d eval``).
-
-    The final scene is the checkpoint of the stage written last; that stage must be complete (a run stopped in
-    the middle of a stage is not finished: rerun its command first). The scene is rebuilt from the checkpoint
-    alone plus three settings of ``config.yaml``: ``deformation`` (the field's layout), ``model.antialiased``
-    (reconstruction runs) and ``device`` (unless ``device`` is given); the SH degree is read from the tensors.
-    """
-    run = RunDir(out)
-    if not run.config_path.exists():
-        raise Gen4DError(f"{out} is not a gen4d run directory (no config.yaml)")
-    config = OmegaConf.to_container(OmegaConf.load(run.config_path), resolve=True)
-    if not isinstance(config, dict):
-        raise Gen4DError(f"{run.config_path} does not hold a gen4d configuration")
-    written = [p for p in run.root.glob("stages/*/checkpoint.safetensors") if p.is_file()]
-    order = {name: i for i, name in enumerate(_STAGE_ORDER)}
-    written.sort(key=lambda p: (p.stat().st_mtime_ns, order.get(p.parent.name, -1)))
-    ckpt = run.load_checkpoint(written[-1].parent.name) if written else None
-    if ckpt is None or not ckpt[1].get("complete"):
-        raise Gen4DError(f"{out} has no finished stage yet; rerun its command to finish it first")
-    stage = written[-1].parent.name
-    tensors = {k[len("scene."):]: v for k, v in ckpt[0].items() if k.startswith("scene.")}
-    asset = asset_config(config)
-    deformation = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DeformationConfig), asset.get("deformation") or {}))
-    antialiased = bool((config.get("model") or {}).get("antialiased", False))
-    degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-    dev = torch.device(device) if device is not None else resolve_device(str(asset.get("device", "auto")))
-    scene = Scene4D.from_tensors(tensors, degree, deformation, antialiased).to(dev)
-    scene.eval()
-    return FinishedRun(run, config, scene, stage, dev)
-
-
-def asset_config(config: dict) -> dict:
-    """The section of a run's configuration that made the 4D asset: the whole configuration, or the nested
-    ``dg4d`` section of a recipe that chains DreamGaussian4D (text -> video -> 4D)."""
-    return config["dg4d"] if isinstance(config.get("dg4d"), dict) else config
-
-
-def export_run(out: str | Path, formats: list[str], quiet: bool = False) -> dict[str, list[str]]:
-    """Export a finished run again (``gen4d export``): reconstruction, image / video / text -> 4D."""
-    finished = load_finished_run(out)
-    asset = asset_config(finished.config)
-    if "data" not in asset:  # DreamGaussian4D: white background, orbit at the input camera's distance
-        frames = len(list(finished.run.stage_dir("driving").glob("frames/frame_*.png")))
-        export = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExportConfig), asset.get("export") or {}))
-        radius = float(asset.get("camera_radius", 2.5))
-        return export_scene(finished.scene, finished.run.exports, export, (1.0, 1.0, 1.0), max(frames, 2), radius, formats=formats, quiet=quiet)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReconstructConfig), finished.config))
-    background = "white" if cfg.background == "random" else cfg.background
-    train = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background=background)["train"]
-    return export_for(finished.scene, finished.run, cfg, train, formats=formats, quiet=quiet)
-
-
-def export_for(scene: Scene4D, run: RunDir, cfg: ReconstructConfig, train: MultiViewVideo, formats: list[str] | None = None, quiet: bool = False) -> dict[str, list[str]]:
-    """Exports of a reconstruction: as many frames as distinct training times, orbit at the cameras' distance."""
-    n_times = len(torch.unique(train.times))
-    cam_dist = float(train.cameras.centers.norm(dim=-1).mean())
-    return export_scene(scene, run.exports, cfg.export, train.background, n_times, cam_dist, formats=formats, quiet=quiet)
+RECIPE = Recipe(
+    name="reconstruct",
+    commands=("reconstruct",),
+    description="4D Gaussian Splatting: canonical Gaussians + HexPlane deformation fitted to a multi-view video",
+    config=ReconstructConfig,
+    presets=PRESETS,
+    run=run_reconstruct,
+    input_key="data",
+    iters=lambda n: {"train": {"iterations": n}},
+    headline=headline,
+    evaluated=True,
+)

@@ -13,15 +13,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..models.registry import METRIC_WEIGHTS, register_model_set
+from .tiny_controlnet import make_tiny_sd15_controlnet
+from .tiny_metrics import make_tiny_metric_weights
+from .tiny_mvdream import make_tiny_mvdream
+from .tiny_sd import make_tiny_sd
+from .tiny_svd import make_tiny_svd
+from .tiny_t2v import make_tiny_t2v
+from .tiny_zero123 import make_tiny_zero123
+
 
 def _builders() -> dict[str, Callable]:
-    # Imported lazily: building needs diffusers / transformers, which `import gen4d.testing` should not pull in.
-    from .tiny_controlnet import make_tiny_sd15_controlnet
-    from .tiny_mvdream import make_tiny_mvdream
-    from .tiny_sd import make_tiny_sd
-    from .tiny_t2v import make_tiny_t2v
-
-    builders = {
+    return {
         "sd21": make_tiny_sd,
         "sd15": make_tiny_sd15_controlnet,
         "controlnet-tile": make_tiny_sd15_controlnet,
@@ -29,16 +32,12 @@ def _builders() -> dict[str, Callable]:
         "mvdream-diffusers": make_tiny_mvdream,
         "zeroscope": make_tiny_t2v,
         "modelscope": make_tiny_t2v,
+        "zero123-xl": make_tiny_zero123,
+        "stable-zero123": make_tiny_zero123,
+        "zero123-xl-bennyguo": make_tiny_zero123,
+        "svd": make_tiny_svd,
+        "svd-xt": make_tiny_svd,
     }
-    try:
-        from .tiny_svd import make_tiny_svd
-        from .tiny_zero123 import make_tiny_zero123
-
-        builders.update({"zero123-xl": make_tiny_zero123, "stable-zero123": make_tiny_zero123,
-                         "zero123-xl-bennyguo": make_tiny_zero123, "svd": make_tiny_svd, "svd-xt": make_tiny_svd})
-    except ImportError:
-        pass
-    return builders
 
 
 def tiny_cache_root() -> Path:
@@ -79,8 +78,14 @@ def tiny_model_dir(name: str = "sd21", seed: int = 0) -> Path:
 
 def tiny_metrics_dir(seed: int = 0) -> Path:
     """Folder of tiny random metric weights (LPIPS, CLIP, I3D; see :mod:`gen4d.testing.tiny_metrics`), laid out
-    like :func:`gen4d.eval.perceptual.metrics_dir`; built once, atomically, under ``tiny_cache_root()``."""
-    from .tiny_metrics import make_tiny_metric_weights
-
+    like :func:`gen4d.eval.common.metrics_dir`; built once, atomically, under ``tiny_cache_root()``."""
     folder = tiny_cache_root() / ("metrics" if seed == 0 else f"metrics-seed{seed}")
     return _build_once(folder, "done", lambda tmp: make_tiny_metric_weights(tmp, seed=seed))
+
+
+def tiny_folder(name: str) -> Path:
+    """The ``tiny`` model set: a registry name's tiny model, or (``metrics``) the tiny metric weights."""
+    return tiny_metrics_dir() if name == METRIC_WEIGHTS else tiny_model_dir(name)
+
+
+register_model_set("tiny", tiny_folder)

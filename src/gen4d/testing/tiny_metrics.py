@@ -1,7 +1,7 @@
 """Tiny random-weight metric networks in the published file layouts, for tests and ``--models tiny``.
 
-:func:`make_tiny_metric_weights` writes, into one folder, the files :mod:`gen4d.eval.perceptual` looks for in
-:func:`~gen4d.eval.perceptual.metrics_dir`:
+:func:`make_tiny_metric_weights` writes, into one folder, the files :mod:`gen4d.eval.lpips` and :mod:`gen4d.eval.fvd`
+look for in :func:`~gen4d.eval.common.metrics_dir`, and a CLIP model folder for :mod:`gen4d.eval.clip_score`:
 
 * ``alexnet-owt-7be5be79.pth``: torchvision's AlexNet layout (the five ``features.*`` convolutions; the classifier
   is not written, LPIPS does not use it), random weights;
@@ -21,20 +21,16 @@ from pathlib import Path
 
 import torch
 
+from ..eval.fvd import I3D_STATE_DICT_FILE
+from ..eval.i3d import I3DWidths, InceptionI3d
+from ..eval.lpips import ALEXNET_FILE, LPIPS_ALEX_FILE, expected_torchvision_alexnet_shapes
+
 LPIPS_CHANNELS = (64, 192, 384, 256, 256)
 
 
 def make_tiny_metric_weights(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny metric weights (see the module docstring) into ``folder``; returns it."""
     from transformers import CLIPConfig, CLIPModel
-
-    from ..eval.i3d import I3DWidths, InceptionI3d
-    from ..eval.perceptual import (
-        ALEXNET_FILE,
-        I3D_STATE_DICT_FILE,
-        LPIPS_ALEX_FILE,
-        expected_torchvision_alexnet_shapes,
-    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

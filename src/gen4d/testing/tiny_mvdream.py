@@ -36,7 +36,7 @@ TINY_MVDREAM_UNET = {
 def tiny_mvdream_unet(seed: int = 0):
     from diffusers import UNet2DConditionModel
 
-    from ..guidance.mvdream import unet_config_from_mvdream
+    from ..guidance.mvdream_checkpoint import unet_config_from_mvdream
 
     torch.manual_seed(seed)
     return UNet2DConditionModel.from_config(unet_config_from_mvdream(TINY_MVDREAM_UNET))
@@ -48,7 +48,7 @@ def make_tiny_mvdream(folder: str | Path, seed: int = 0, unet_layout: str = "dif
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..guidance.mvdream import MVDREAM_SD21_SCHEDULER, unet_state_dict_to_original
+    from ..guidance.mvdream_checkpoint import MVDREAM_SD21_SCHEDULER, unet_state_dict_to_original
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

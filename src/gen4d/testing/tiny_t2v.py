@@ -2,7 +2,7 @@
 
 Same classes as ZeroScope / ModelScope (``UNet3DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel``,
 ``CLIPTokenizer``), random weights, channels cut down so that a forward pass on a few frames takes milliseconds on
-a CPU. Loaded back through :func:`gen4d.guidance.registry.load_pretrained` exactly like the real checkpoints.
+a CPU. Loaded back through :func:`gen4d.models.registry.load_pretrained` exactly like the real checkpoints.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""MotionDirector's dual-path LoRA on a ``UNet3DConditionModel`` (Zhao et al. 2023), through PEFT.
+"""MotionDirector's dual-path LoRA on a ``UNet3DConditionModel`` (Zhao et al. 2023), through PEFT: which layers get
+an adapter, injection, scales, trainability and state dicts.
 
 Two families of low-rank adapters, ``W x + (alpha / r) B A x``, are injected with
 :func:`peft.inject_adapter_in_model` (no patched model files):
@@ -18,35 +19,20 @@ rank 32, scale 1 (``alpha = rank``), dropout 0.1 during training, ``A ~ N(0, 1/r
 ``"gaussian"`` initialisation is that one). One difference: PEFT applies LoRA dropout to the layer input,
 ``B A dropout(x)``, where cloneofsimo's layer drops the LoRA output; both are identity at inference.
 
-Folder format (a contract with the sampler, written by :func:`save_motion_lora`)::
-
-    folder/spatial.safetensors     PEFT state dict of adapter "spatial" (keys "<module>.lora_A.weight" [r, in],
-                                   "<module>.lora_B.weight" [out, r]; no adapter name in the keys)
-    folder/spatial_<i>.safetensors further per-clip spatial adapters (clip i), when trained that way
-    folder/temporal.safetensors    PEFT state dict of adapter "temporal"
-    folder/lora_config.json        format, rank, alpha, target module names per adapter, base model, frames and
-                                   size trained at
-
-:func:`load_motion_lora` injects and loads whichever adapters exist, at the scales asked for (MotionDirector
-samples with the temporal LoRA at 1 and the spatial one at 0, i.e. not loaded).
+Trained adapters are saved and loaded in the folder format of :mod:`gen4d.video.lora_files`; published
+MotionDirector checkpoints convert to it with :mod:`gen4d.video.lora_convert`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .. import Gen4DError
-from ..files import atomic_path, write_json
 
 SPATIAL = "spatial"
 TEMPORAL = "temporal"
@@ -54,8 +40,6 @@ DEFAULT_RANK = 32
 """MotionDirector's ``lora_rank`` in every published config."""
 DEFAULT_DROPOUT = 0.1
 """MotionDirector's ``lora_unet_dropout``."""
-CONFIG_NAME = "lora_config.json"
-FORMAT = "gen4d-motion-lora"
 
 _BLOCK = r"(?:down_blocks\.\d+|up_blocks\.\d+|mid_block)"
 _FF = r"ff\.net\.0\.proj|ff\.net\.2"
@@ -273,234 +257,3 @@ def load_lora_state_dict(unet: nn.Module, adapter: str, state_dict: Mapping[str,
         set_peft_model_state_dict(unet, dict(state_dict), adapter_name=adapter)
     except RuntimeError as e:  # shape mismatch
         raise Gen4DError(f"LoRA weights{where} do not fit this UNet: {str(e).splitlines()[-1].strip()}") from None
-
-
-# ----------------------------------------------------------------------------------------------- folder format
-def _write_folder(folder: Path, tensors: dict[str, dict[str, Tensor]], adapters: dict[str, dict], meta: dict) -> Path:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, sd in tensors.items():
-        with atomic_path(folder / f"{name}.safetensors") as tmp:
-            save_file(sd, str(tmp), metadata={"format": "pt", "adapter": name})
-    first = adapters.get(TEMPORAL) or next(iter(adapters.values()))
-    config = {
-        "format": FORMAT,
-        "version": 1,
-        "rank": first["rank"],
-        "alpha": first["alpha"],
-        "adapters": {name: {"file": f"{name}.safetensors", **a} for name, a in adapters.items()},
-        **meta,
-    }
-    write_json(folder / CONFIG_NAME, config)
-    return folder
-
-
-def save_motion_lora(
-    unet: nn.Module,
-    folder: str | os.PathLike,
-    *,
-    base_model: str = "",
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the spatial / temporal adapters of ``unet`` in the folder format of the module docstring.
-
-    ``base_model``: registry name, Hub id or folder of the UNet trained on; ``num_frames``, ``height``,
-    ``width``: the clip size trained at (pixels); ``extra``: more JSON-able entries for ``lora_config.json``.
-    """
-    names = [a for a in lora_adapters(unet) if a == TEMPORAL or _SPATIAL_NAME.match(a)]
-    if not names:
-        raise ValueError("the UNet has no spatial or temporal LoRA adapter to save")
-    base_id = base_model
-    if base_model:
-        from ..guidance.registry import REGISTRY
-
-        base_id = REGISTRY[base_model].repo if base_model in REGISTRY else base_model
-    meta = {"base_model": base_model, "base_model_id": base_id, "num_frames": num_frames, "height": height, "width": width}
-    meta.update(dict(extra or {}))
-    return _write_folder(
-        Path(folder), {n: lora_state_dict(unet, n) for n in names}, {n: _adapter_config(unet, n) for n in names}, meta
-    )
-
-
-def read_motion_lora_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``lora_config.json`` of a motion LoRA folder, checked."""
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise Gen4DError(
-            f"{folder} is not a motion LoRA folder (no {CONFIG_NAME}); train one with `gen4d motion train`, or "
-            "convert a published MotionDirector checkpoint with gen4d.video.lora.convert_motiondirector_checkpoint"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise Gen4DError(f"{path} is not valid JSON ({e}); the folder is damaged, train or convert it again") from None
-    if config.get("format") != FORMAT or not isinstance(config.get("adapters"), dict):
-        raise Gen4DError(f"{path} is not a {FORMAT} config; train or convert the LoRA again")
-    return config
-
-
-def load_motion_lora(
-    unet: nn.Module,
-    folder: str | os.PathLike,
-    *,
-    spatial_scale: float = 0.0,
-    temporal_scale: float = 1.0,
-) -> list[str]:
-    """Inject and load the adapters of a motion LoRA folder into ``unet``; returns the active adapter names.
-
-    The ``spatial`` adapter acts at ``spatial_scale``, the ``temporal`` one at ``temporal_scale``; a scale of 0
-    leaves that adapter out (not loaded; deactivated if the UNet already holds it), as does a missing file (an
-    appearance-only folder has no temporal adapter). Loading into a UNet that already holds the adapter replaces
-    its weights. Injected adapters have dropout 0 and ``requires_grad`` False.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config = read_motion_lora_config(folder)
-    active = []
-    for name, scale in ((SPATIAL, spatial_scale), (TEMPORAL, temporal_scale)):
-        entry = config["adapters"].get(name)
-        path = folder / (entry or {}).get("file", f"{name}.safetensors")
-        if scale == 0 or entry is None or not path.is_file():
-            if name in lora_adapters(unet):
-                disable_lora(unet, name)
-            continue
-        if name not in lora_adapters(unet):
-            inject_motion_lora(unet, name, entry["target_modules"], rank=entry["rank"], alpha=entry["alpha"], dropout=0.0)
-        try:
-            sd = load_file(str(path))
-        except (OSError, SafetensorError) as e:
-            raise Gen4DError(f"cannot read {path} ({e}); the LoRA folder is damaged") from None
-        load_lora_state_dict(unet, name, sd, str(path))
-        set_lora_trainable(unet, name, False)
-        set_lora_scale(unet, name, scale)
-        active.append(name)
-    return active
-
-
-# ----------------------------------------------------------------------------------------------- published checkpoints
-_TOP_ORDER = {"transformer_in": 0, "down_blocks": 1, "up_blocks": 2, "mid_block": 3}
-_LEAF_ORDER = [f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")] + ["ff.net.0.proj", "ff.net.2"]
-
-
-def _motiondirector_key(name: str) -> tuple[int, ...]:
-    parts = name.split(".")
-    if parts[0] == "transformer_in":
-        head, rest = (0, 0, 0), parts[1:]
-    elif parts[0] == "mid_block":
-        head, rest = (_TOP_ORDER["mid_block"], 0, int(parts[2])), parts[3:]
-    else:
-        head, rest = (_TOP_ORDER[parts[0]], int(parts[1]), int(parts[3])), parts[4:]
-    return (*head, int(rest[1]), _LEAF_ORDER.index(".".join(rest[2:])))
-
-
-def motiondirector_order(targets: Iterable[str]) -> list[str]:
-    """Target names in the order MotionDirector injects (and saves) its LoRAs.
-
-    Its ``inject_trainable_lora_extended`` walks ``unet.named_modules()`` for each ``Transformer2DModel``
-    (spatial) or ``TransformerTemporalModel`` (temporal) and, inside each, its linear layers in registration
-    order. Its UNet3D registers ``transformer_in``, then the ``down_blocks`` and ``up_blocks`` lists, then
-    ``mid_block`` (assigned after both lists were created), so the mid block comes **last**; a block lists its
-    transformers by index; a transformer block registers ``attn1`` (``to_q, to_k, to_v, to_out.0``), ``attn2``,
-    then ``ff`` (``net.0.proj``, ``net.2``). This sorts by that key instead of trusting the registration order
-    of the installed diffusers.
-    """
-    return sorted(targets, key=_motiondirector_key)
-
-
-def load_motiondirector_pt(path: str | os.PathLike) -> list[Tensor]:
-    """A MotionDirector LoRA file (``.../lora/*unet*.pt``): a pickled list ``[up_0, down_0, up_1, down_1, ...]``."""
-    path = Path(path)
-    if not path.is_file():
-        raise Gen4DError(f"MotionDirector LoRA file not found: {path}")
-    try:
-        weights = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:  # what unpickling raises
-        raise Gen4DError(f"cannot read {path} as a MotionDirector LoRA list ({type(e).__name__}: {e})") from None
-    if not isinstance(weights, (list, tuple)) or not all(isinstance(w, Tensor) for w in weights):
-        raise Gen4DError(f"{path} does not hold a list of tensors [up, down, ...]; is it a MotionDirector LoRA file?")
-    return [w.detach() for w in weights]
-
-
-def convert_motiondirector_lora(weights: Sequence[Tensor], unet: nn.Module, kind: str) -> dict[str, Tensor]:
-    """MotionDirector's ``[up, down, up, down, ...]`` list (``up`` = ``lora_up.weight`` ``[out, r]``, ``down`` =
-    ``lora_down.weight`` ``[r, in]``, one pair per layer in :func:`motiondirector_order`) -> PEFT state dict
-    ``{"<module>.lora_A.weight": down, "<module>.lora_B.weight": up}`` for ``unet``'s ``kind`` layers.
-
-    cloneofsimo's LoRA computes ``W x + up(down(x)) * 1``, i.e. PEFT with ``alpha = r``.
-    """
-    targets = motiondirector_order(lora_targets(unet, kind))
-    if len(weights) != 2 * len(targets):
-        raise Gen4DError(
-            f"the {kind} LoRA list has {len(weights)} tensors but this UNet has {len(targets)} {kind} LoRA layers "
-            f"({2 * len(targets)} tensors expected); was it trained on a different base model?"
-        )
-    modules = dict(unet.named_modules())
-    sd: dict[str, Tensor] = {}
-    for i, name in enumerate(targets):
-        up, down = weights[2 * i], weights[2 * i + 1]
-        base = modules[name]
-        base = getattr(base, "base_layer", base)
-        if (
-            up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]
-            or down.shape[1] != base.in_features or up.shape[0] != base.out_features
-        ):
-            raise Gen4DError(
-                f"{kind} LoRA pair {i} ({name}) has up {tuple(up.shape)} / down {tuple(down.shape)}, expected "
-                f"[{base.out_features}, r] / [r, {base.in_features}]; the list does not match this UNet"
-            )
-        sd[f"{name}.lora_A.weight"] = down.float().contiguous()
-        sd[f"{name}.lora_B.weight"] = up.float().contiguous()
-    return sd
-
-
-def _find_pt(folder: Path) -> Path | None:
-    """The UNet LoRA file of a MotionDirector ``lora/`` folder (``<step>_unet.pt``; the latest step if several)."""
-    from ..data.preprocess import natural_sort_key
-
-    files = sorted((p for p in folder.glob("*.pt") if "unet" in p.name), key=lambda p: natural_sort_key(p.name)) if folder.is_dir() else []
-    return files[-1] if files else None
-
-
-def convert_motiondirector_checkpoint(
-    checkpoint: str | os.PathLike,
-    unet: nn.Module,
-    out: str | os.PathLike,
-    *,
-    base_model: str = "zeroscope",
-    num_frames: int | None = 16,
-    height: int | None = None,
-    width: int | None = None,
-) -> Path:
-    """Convert a published MotionDirector checkpoint folder (``checkpoint-default/`` with
-    ``spatial/lora/*unet*.pt`` and/or ``temporal/lora/*unet*.pt``) to a motion LoRA folder at ``out``.
-
-    ``unet``: the base UNet3D (only its layer names and sizes are read). Returns ``out``.
-    """
-    checkpoint = Path(checkpoint)
-    tensors, adapters = {}, {}
-    for kind in (SPATIAL, TEMPORAL):
-        pt = _find_pt(checkpoint / kind / "lora")
-        if pt is None:
-            continue
-        sd = convert_motiondirector_lora(load_motiondirector_pt(pt), unet, kind)
-        rank = int(next(iter(sd.values())).shape[0])
-        tensors[kind] = sd
-        targets = motiondirector_order(lora_targets(unet, kind))
-        adapters[kind] = {"rank": rank, "alpha": float(rank), "target_modules": targets}
-    if not tensors:
-        raise Gen4DError(f"no MotionDirector LoRA under {checkpoint} (expected spatial/lora/*unet*.pt or temporal/lora/*unet*.pt)")
-    from ..guidance.registry import REGISTRY
-
-    base_id = REGISTRY[base_model].repo if base_model in REGISTRY else base_model
-    meta = {
-        "base_model": base_model, "base_model_id": base_id, "num_frames": num_frames, "height": height, "width": width,
-        "converted_from": str(checkpoint),
-    }
-    return _write_folder(Path(out), tensors, adapters, meta)

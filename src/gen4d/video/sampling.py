@@ -2,7 +2,7 @@
 inversion and MotionDirector's noise prior.
 
 Components (the diffusers ``TextToVideoSDPipeline`` layout, loaded through
-:func:`gen4d.guidance.registry.load_pretrained`): ``unet`` (``UNet3DConditionModel``, video latents
+:func:`gen4d.models.registry.load_pretrained`): ``unet`` (``UNet3DConditionModel``, video latents
 ``[B, C, F, h, w]``), ``vae`` (``AutoencoderKL``, applied frame by frame), ``text_encoder`` / ``tokenizer`` (CLIP)
 and the noise schedule of ``scheduler/``, read into a ``DDIMScheduler`` (MotionDirector samples ZeroScope with
 ``DDIMScheduler.from_config``). The scheduler only supplies the schedule (``alphas_cumprod``, the timesteps of
@@ -70,11 +70,13 @@ from rich.progress import track
 from torch import Tensor
 
 from .. import Gen4DError
-from ..guidance.base import DTYPES, Precision
-from ..guidance.prompts import encode_prompt, encode_prompt_pair
-from ..guidance.registry import load_pretrained
+from ..devices import DTYPES, Precision
+from ..guidance.prompts import encode_prompt, encode_prompt_pair, expand_batch
+from ..models.registry import load_pretrained
 from ..guidance.sds import classifier_free_guidance
-from ..guidance.video_sds import encode_pixels, expand_embeddings
+from ..guidance.vae import encode_latents
+from .lora import active_lora_scales, lora_adapters, set_lora_scale
+from .lora_files import load_motion_lora
 
 # MotionDirector_inference.py defaults (ZeroScope): 384 x 384, 16 frames, 30 DDIM steps, guidance 12, 8 fps.
 DEFAULT_NUM_FRAMES = 16
@@ -265,10 +267,10 @@ class TextToVideo:
         """
         B = z.shape[0]
         t = torch.as_tensor(t, device=self.device)
-        cond = expand_embeddings(cond, B).to(self.device, self.dtype)
+        cond = expand_batch(cond, B).to(self.device, self.dtype)
         if uncond is None or guidance_scale <= 1.0:
             return self.unet(z.to(self.device, self.dtype), t, encoder_hidden_states=cond).sample.float()
-        uncond = expand_embeddings(uncond, B).to(self.device, self.dtype)
+        uncond = expand_batch(uncond, B).to(self.device, self.dtype)
         x = torch.cat([z, z]).to(self.device, self.dtype)
         eps = self.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
         eps_uncond, eps_cond = eps.chunk(2)
@@ -350,8 +352,7 @@ class TextToVideo:
             raise ValueError(f"frames must be [F, 3, H, W], got {tuple(frames.shape)}")
         self.latent_shape(frames.shape[0], frames.shape[2], frames.shape[3])
         chunk = max(1, int(chunk))
-        parts = [encode_pixels(self.vae, frames[i : i + chunk].to(self.device), None, self.dtype) for i in range(0, len(frames), chunk)]
-        return torch.cat(parts).permute(1, 0, 2, 3)[None]
+        return encode_latents(self.vae, frames.to(self.device), chunk=chunk).permute(1, 0, 2, 3)[None]
 
     @torch.no_grad()
     def decode(self, latents: Tensor, chunk: int = 1) -> Tensor:
@@ -451,13 +452,6 @@ def load_motion_adapters(
     Sampling uses the temporal path alone by default (MotionDirector's inference); adding a spatial path from an
     appearance training is its ``MotionDirector_inference_multi.py``.
     """
-    from .lora import (
-        active_lora_scales,
-        load_motion_lora,
-        lora_adapters,
-        set_lora_scale,
-    )
-
     if temporal is not None and spatial is not None and Path(temporal).resolve() == Path(spatial).resolve():
         load_motion_lora(unet, temporal, spatial_scale=spatial_scale, temporal_scale=temporal_scale)
         return active_lora_scales(unet)

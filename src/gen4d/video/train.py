@@ -19,8 +19,10 @@ own optimiser and only the trainable adapter has ``requires_grad``, so neither p
 Clips are visited in order (step ``s`` trains clip ``s mod N``), as MotionDirector's unshuffled data loader does.
 
 Everything random draws from one ``torch.Generator`` (timestep, noise, the spatial mask, the frame, the anchor)
-in a fixed order, and dropout draws from torch's global generator, seeded at the start; both states, the
-LoRA weights and the AdamW moments are checkpointed, so a resumed run ends where an uninterrupted one does.
+in a fixed order, and dropout draws from torch's global generator, seeded at the start. The trainer is a model of
+the shared stage loop (:mod:`gen4d.training.loop`): ``tensors()`` are the LoRA weights, :meth:`MotionTrainer.step`
+is the stage's update, and the loop checkpoints both generators, the AdamW moments and the gradient scaler, so a
+resumed run ends where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -28,19 +30,21 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .. import Gen4DError
+from ..devices import autocast
 from ..files import atomic_path
-from ..runs import RunDir, load_optimizer, optimizer_tensors
+from ..guidance.vae import encode_latents
 from .lora import (
     DEFAULT_DROPOUT,
     DEFAULT_RANK,
@@ -56,7 +60,9 @@ from .lora import (
 from .unet3d import enable_gradient_checkpointing, skip_temporal_layers
 
 STAGE = "motion"
-"""Checkpoint name under ``DIR/stages``."""
+"""The training stage's name under ``DIR/stages``."""
+LATENTS_STAGE = "latents"
+"""The artifact stage holding the cached clip latents (``DIR/stages/latents/clip_XXXX.safetensors``)."""
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -151,27 +157,14 @@ def encode_clip(vae: nn.Module, frames: Tensor, generator: torch.Generator | Non
     With a generator the posterior is sampled (``mean + std * n``, as MotionDirector does); None takes its
     mean. Frames are encoded ``chunk`` at a time to bound memory.
     """
-    from ..guidance.video_sds import encode_pixels
-
     device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
-    out = []
     with torch.no_grad():
-        for s in range(0, frames.shape[0], chunk):
-            x = frames[s : s + chunk].to(device)
-            noise = None
-            if generator is not None:
-                c = vae.config.latent_channels
-                f = 2 ** (len(vae.config.block_out_channels) - 1)
-                noise = torch.randn((x.shape[0], c, x.shape[-2] // f, x.shape[-1] // f), generator=generator)
-            out.append(encode_pixels(vae, x, noise, dtype).cpu())
-    return torch.cat(out).permute(1, 0, 2, 3).contiguous()
+        z = encode_latents(vae, frames.to(device), sample=generator is not None, generator=generator, chunk=chunk)
+    return z.cpu().permute(1, 0, 2, 3).contiguous()
 
 
 def save_clip_latents(path: str | Path, latents: Tensor, prompt: str, meta: dict[str, Any] | None = None) -> None:
     """Write ``{"latents": [C, F, h, w]}`` with the prompt (and ``meta``, JSON-encoded) in the metadata."""
-    from safetensors.torch import save_file
-
     metadata = {"prompt": prompt, **{k: json.dumps(v) for k, v in (meta or {}).items()}}
     with atomic_path(path) as tmp:
         save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp), metadata=metadata)
@@ -179,8 +172,6 @@ def save_clip_latents(path: str | Path, latents: Tensor, prompt: str, meta: dict
 
 def load_clip_latents(path: str | Path) -> tuple[Tensor, str, dict[str, Any]]:
     """``(latents [C, F, h, w], prompt, meta)`` of a file written by :func:`save_clip_latents`."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         latents = f.get_tensor("latents")
@@ -209,13 +200,6 @@ class StepBatch:
     """Anchor frame of the debiased loss."""
     mask_spatial: bool
     """Skip the spatial path this step."""
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class MotionTrainer:
@@ -298,14 +282,14 @@ class MotionTrainer:
         opt.zero_grad(set_to_none=True)
 
     def _forward(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision):
             return self.unet(x_t, t.to(self.device), encoder_hidden_states=emb).sample
 
     # -- one step -------------------------------------------------------------------------------------------
-    def prepare(self, step: int) -> StepBatch:
-        """The inputs of step ``step`` (advances the generator). The draws are always the same, in the same
-        order (t, noise, spatial mask, frame, anchor), whichever paths then run."""
-        g = self.generator
+    def prepare(self, step: int, generator: torch.Generator | None = None) -> StepBatch:
+        """The inputs of step ``step``, drawn from ``generator`` (default: the trainer's own). The draws are always
+        the same, in the same order (t, noise, spatial mask, frame, anchor), whichever paths then run."""
+        g = generator if generator is not None else self.generator
         k = step % len(self.clips)
         x0 = self.clips[k].latents[None]
         n_frames = x0.shape[2]
@@ -345,9 +329,9 @@ class MotionTrainer:
         self._update(loss, TEMPORAL)
         return float(loss.detach())
 
-    def step(self, step: int) -> dict[str, float | None]:
+    def step(self, step: int, generator: torch.Generator | None = None) -> dict[str, float | None]:
         """One training step (see the module docstring); returns ``{"spatial": loss or None, "temporal": ...}``."""
-        b = self.prepare(step)
+        b = self.prepare(step, generator)
         out: dict[str, float | None] = {"spatial": None, "temporal": None}
         if not b.mask_spatial:
             out["spatial"] = self.spatial_step(b)
@@ -364,135 +348,37 @@ class MotionTrainer:
         else:
             configure_adapters(self.unet, {SPATIAL: 1.0})
 
-    # -- checkpoint state -----------------------------------------------------------------------------------
-    def state_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Everything needed to resume: LoRA weights, AdamW moments, generator states (tensors) and the
-        optimiser groups and gradient-scaler state (JSON)."""
-        tensors: dict[str, Tensor] = {}
+    # -- the stage loop's model -----------------------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        """The LoRA weights of every trained adapter (``lora.<adapter>.<name>``)."""
+        out: dict[str, Tensor] = {}
         for name in self.optimizers:
-            tensors.update({f"lora.{name}.{k}": v for k, v in lora_state_dict(self.unet, name).items()})
-        groups = {}
-        for name, opt in self.optimizers.items():
-            t, meta = optimizer_tensors(f"optim.{name}", opt)
-            tensors.update(t)
-            groups[name] = meta
-        tensors["rng.generator"] = self.generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        return tensors, {"optimizers": groups, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+            out.update({f"lora.{name}.{k}": v for k, v in lora_state_dict(self.unet, name).items()})
+        return out
 
-    def load_state(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_tensors` saved."""
+    def load_tensors(self, tensors: dict[str, Tensor]) -> "MotionTrainer":
+        """Restore what :meth:`tensors` returned; returns the trainer."""
         for name in self.optimizers:
             prefix = f"lora.{name}."
             load_lora_state_dict(self.unet, name, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-            load_optimizer(f"optim.{name}", self.optimizers[name], tensors, state["optimizers"][name])
-        self.generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        return self
 
+    def scaler_state(self) -> dict:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else {}
 
-# ----------------------------------------------------------------------------------------------- loop
-Validate = Callable[[nn.Module, int, Path], None]
-"""``validate(unet, step, folder)``: render samples with the adapters as set (temporal LoRA on, spatial off),
-under ``torch.no_grad`` with the UNet in eval mode; writes into ``folder``."""
+    def load_scaler_state(self, state: dict) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
 
-
-def _fork_rng(device: torch.device):
-    devices = [device] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
-
-
-def train_loop(
-    trainer: MotionTrainer,
-    run: RunDir,
-    steps: int,
-    checkpoint_every: int = 50,
-    quiet: bool = False,
-    stop_after_step: int | None = None,
-    validate: Validate | None = None,
-    validation_every: int = 0,
-    on_checkpoint: Callable[[int], None] | None = None,
-) -> dict[str, Any] | None:
-    """Run (or resume from ``run``'s ``motion`` checkpoint) ``steps`` training steps.
-
-    A checkpoint is written every ``checkpoint_every`` steps (then ``on_checkpoint(step)`` runs, e.g. to keep
-    a LoRA folder per checkpoint) and at the end (marked complete). ``validate`` runs every
-    ``validation_every`` steps with the random state set aside, so it does not change the training.
-    ``stop_after_step``: for tests, return None right after the checkpoint written at that step, as a kill
-    would leave the run. Returns ``{"seconds", "steps", "losses": {"spatial": [...], "temporal": [...]}}``
-    (one entry per step, None where the path did not run).
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    start, elapsed = 0, 0.0
-    losses: dict[str, list] = {"spatial": [], "temporal": []}
-    ckpt = run.load_checkpoint(STAGE)
-    if ckpt is not None:
-        tensors, state = ckpt
-        trainer.load_state(tensors, state)
-        start, elapsed, losses = state["step"], state["seconds"], state["losses"]
-        if state.get("complete") and start >= steps:
-            return {"seconds": elapsed, "steps": start, "losses": losses, "resumed": "complete"}
-        run.log(f"motion: resuming at step {start}/{steps}")
-    else:
-        run.log(f"motion: starting ({steps} steps, {len(trainer.clips)} clips, adapters {', '.join(trainer.optimizers)})")
-
-    def save(done: int, seconds: float, complete: bool) -> None:
-        tensors, state = trainer.state_tensors()
-        state.update({"stage": STAGE, "step": done, "iterations": steps, "complete": complete, "seconds": seconds, "losses": losses})
-        run.save_checkpoint(STAGE, tensors, state)
-
-    columns = [
-        TextColumn("[bold]motion[/bold]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("temporal {task.fields[lt]:.4f}  spatial {task.fields[ls]:.4f}  {task.fields[rate]:.2f} it/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    ]
-    t0 = time.perf_counter()
-    last = {"spatial": 0.0, "temporal": 0.0}
-    with Progress(*columns, disable=quiet, transient=False) as progress:
-        task = progress.add_task("motion", total=steps, completed=start, lt=0.0, ls=0.0, rate=0.0)
-        for step in range(start, steps):
-            out = trainer.step(step)
-            for key in losses:
-                losses[key].append(out[key])
-                if out[key] is not None:
-                    last[key] = out[key]
-            done = step + 1
-            now = time.perf_counter()
-            progress.update(task, completed=done, lt=last["temporal"], ls=last["spatial"], rate=(done - start) / max(now - t0, 1e-9))
-            if validate is not None and validation_every > 0 and done % validation_every == 0:
-                _run_validation(trainer, validate, done, run.root / "samples")
-            stopping = stop_after_step is not None and done >= stop_after_step
-            if done < steps and ((checkpoint_every > 0 and done % checkpoint_every == 0) or stopping):
-                save(done, elapsed + now - t0, complete=False)
-                if on_checkpoint is not None:
-                    on_checkpoint(done)
-                if stopping:
-                    return None
-    seconds = elapsed + time.perf_counter() - t0
-    save(steps, seconds, complete=True)
-    run.log(f"motion: complete in {seconds:.1f} s")
-    return {"seconds": seconds, "steps": steps, "losses": losses}
-
-
-def _run_validation(trainer: MotionTrainer, validate: Validate, step: int, folder: Path) -> None:
-    unet = trainer.unet
-    with _fork_rng(trainer.device), torch.no_grad(), _autocast(trainer.device, trainer.precision):
-        unet.eval()
-        try:
-            trainer.set_inference_adapters()
-            validate(unet, step, folder)
-        finally:
-            unet.train()
+    @contextlib.contextmanager
+    def inference(self):
+        """Sampling with the adapters as the sampler uses them (temporal on, spatial off), in eval mode, without
+        gradients and with the random state set aside, so a preview changes nothing in the training."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.precision):
+            self.unet.eval()
+            try:
+                self.set_inference_adapters()
+                yield self.unet
+            finally:
+                self.unet.train()

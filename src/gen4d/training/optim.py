@@ -1,21 +1,13 @@
-"""Parts shared by recipes: optimiser construction, learning-rate schedules, image losses, previews."""
+"""Optimisers and learning-rate schedules of the 4D Gaussians (3D / 4D Gaussian Splatting conventions)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
-from PIL import Image
-from torch import Tensor
 
-from .. import Gen4DError
-from ..eval.metrics import ssim
-from ..files import atomic_path
-from .scene import Scene4D
+from ..scene import Scene4D
 
 
 @dataclass
@@ -78,48 +70,3 @@ def deformation_optimizer(scene: Scene4D, lr: LearningRates, extent: float) -> t
         [{"params": grid, "lr": lr.grid * extent, "name": "grid"}, {"params": mlp, "lr": lr.mlp * extent, "name": "mlp"}],
         eps=1e-15,
     )
-
-
-def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float) -> dict[str, Tensor]:
-    """``(1 - w) L1 + w (1 - SSIM)`` as in 3D Gaussian Splatting; images ``[B, H, W, 3]``."""
-    l1 = (pred - target).abs().mean()
-    out = {"l1": (1.0 - ssim_weight) * l1}
-    if ssim_weight > 0:
-        out["dssim"] = ssim_weight * (1.0 - ssim(pred, target).mean())
-    return out
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """``[..., H, W, 3]`` floats in [0, 1] -> uint8 array."""
-    return (images.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
-def save_png(path: Path, image: Tensor) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-
-
-def merge_config(schema, presets: dict[str, list[str]], preset: str, overrides: list[str], base: dict | None = None):
-    """Dataclass defaults <- named preset <- ``base`` (CLI flags) <- ``key=value`` overrides; errors name the key."""
-    if preset not in presets:
-        raise Gen4DError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
-    try:
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(schema), OmegaConf.from_dotlist(presets[preset]), OmegaConf.create(base or {}),
-            OmegaConf.from_dotlist(overrides),
-        )
-    except Exception as e:  # omegaconf raises several types; all mean a bad key or value
-        raise Gen4DError(f"bad configuration override: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_object(cfg)
-
-
-def config_yaml(cfg) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Gen4DError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)

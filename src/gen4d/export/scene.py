@@ -9,13 +9,14 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from .. import Gen4DError
 from ..cameras import frame_times, orbit_cameras
-from ..export.animated_glb import write_animated_glb
-from ..export.mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
-from ..export.ply import save_inria_ply
-from ..export.video import write_video
-from .common import to_uint8
-from .scene import Scene4D
+from ..scene import Scene4D
+from .animated_glb import write_animated_glb
+from .images import to_uint8
+from .mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
+from .ply import save_inria_ply
+from .video import write_video
 
 FORMATS = ("ply", "mesh", "glb", "mp4")
 
@@ -61,8 +62,6 @@ def export_scene(
     formats = list(formats if formats is not None else config.formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        from .. import Gen4DError
-
         raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     n_frames = config.frames or default_frames
     times = frame_times(n_frames)

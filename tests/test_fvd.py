@@ -7,239 +7,17 @@ import torch
 from torch import nn
 
 from gen4d import Gen4DError
-from gen4d.eval.perceptual import (
-    LPIPS,
-    clip_similarity,
-    convert_lpips_state_dicts,
+from gen4d.eval.fvd import (
     feature_statistics,
     frechet_distance,
+    frechet_distance_from_features,
     fvd,
     i3d_features,
+    is_torchscript_file,
     load_i3d,
-    load_lpips,
-    lpips,
 )
-
-# ------------------------------------------------------------------------------------------------ LPIPS
-
-
-def _published_alexnet_shapes() -> dict[str, tuple[int, ...]]:
-    """torchvision ``alexnet()`` state-dict layout, derived here from the architecture independently of the module."""
-    convs = [(64, 3, 11), (192, 64, 5), (384, 192, 3), (256, 384, 3), (256, 256, 3)]
-    shapes = {}
-    idx = 0
-    for i, (cout, cin, k) in enumerate(convs):
-        shapes[f"features.{idx}.weight"] = (cout, cin, k, k)
-        shapes[f"features.{idx}.bias"] = (cout,)
-        idx += 3 if i < 2 else 2  # conv, relu, maxpool for the first two blocks; conv, relu after
-    fcs = [(4096, 9216), (4096, 4096), (1000, 4096)]
-    for idx, (cout, cin) in zip((1, 4, 6), fcs):
-        shapes[f"classifier.{idx}.weight"] = (cout, cin)
-        shapes[f"classifier.{idx}.bias"] = (cout,)
-    return shapes
-
-
-def _published_lpips_shapes() -> dict[str, tuple[int, ...]]:
-    return {f"lin{k}.model.1.weight": (1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))}
-
-
-def _random_sd(shapes, gen, nonneg=False, skip_classifier=False):
-    sd = {}
-    for k, s in shapes.items():
-        if skip_classifier and k.startswith("classifier"):
-            continue  # the FC layers are big and unused; tested for acceptance separately with tiny tensors
-        t = torch.rand(s, generator=gen) if nonneg else torch.randn(s, generator=gen) * (2.0 / math.prod(s[1:])) ** 0.5
-        sd[k] = t
-    return sd
-
-
-@pytest.fixture(scope="module")
-def lpips_sds():
-    gen = torch.Generator().manual_seed(1)
-    alex = _random_sd(_published_alexnet_shapes(), gen, skip_classifier=True)
-    heads = _random_sd(_published_lpips_shapes(), gen, nonneg=True)
-    return alex, heads
-
-
-@pytest.fixture(scope="module")
-def lpips_model(lpips_sds):
-    return LPIPS.from_weights(*lpips_sds)
-
-
-def test_lpips_key_mapping_matches_published_layout(lpips_sds):
-    alex, heads = lpips_sds
-    # The full torchvision file also holds the classifier; it must be accepted (and dropped) without complaint.
-    full = dict(alex)
-    full.update({k: torch.zeros(1) for k in _published_alexnet_shapes() if k.startswith("classifier")})
-    converted = convert_lpips_state_dicts(full, heads)
-    model = LPIPS()
-    own = model.state_dict()
-    assert set(converted) == set(own)
-    for k, v in converted.items():
-        assert own[k].shape == v.shape, k
-    result = model.load_state_dict(converted, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    # Values land where they should.
-    assert torch.equal(model.trunk.features[6].weight, alex["features.6.weight"])
-    assert torch.equal(model.heads[4].weight, heads["lin4.model.1.weight"])
-
-
-def test_lpips_whole_lpips_model_layout(lpips_sds):
-    alex, heads = lpips_sds
-    slices = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}  # lpips' alexnet slices keep torchvision's indices
-    sd = {f"net.slice{slices[int(k.split('.')[1])]}.{k.split('.', 1)[1]}": v for k, v in alex.items()}
-    sd.update(heads)
-    sd["scaling_layer.shift"] = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-    sd["scaling_layer.scale"] = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
-    m = LPIPS.from_weights(None, sd)
-    assert torch.equal(m.trunk.features[10].bias, alex["features.10.bias"])
-
-
-def test_lpips_layout_errors(lpips_sds):
-    alex, heads = lpips_sds
-    bad = dict(alex)
-    bad["features.2.weight"] = torch.zeros(1)  # a max-pool has no weights
-    with pytest.raises(Gen4DError, match="unexpected"):
-        LPIPS.from_weights(bad, heads)
-    missing = {k: v for k, v in heads.items() if not k.startswith("lin3")}
-    with pytest.raises(Gen4DError, match="lin3|heads.3"):
-        LPIPS.from_weights(alex, missing)
-    wrong = dict(heads)
-    wrong["lin0.model.1.weight"] = torch.rand(1, 65, 1, 1)
-    with pytest.raises(Gen4DError, match="shape"):
-        LPIPS.from_weights(alex, wrong)
-    neg = dict(heads)
-    neg["lin2.model.1.weight"] = -neg["lin2.model.1.weight"]
-    with pytest.raises(Gen4DError, match="negative"):
-        LPIPS.from_weights(alex, neg)
-
-
-def test_lpips_properties(lpips_model):
-    x = torch.rand(2, 3, 64, 64, 3)
-    y = torch.rand(2, 3, 64, 64, 3)
-    d_xx = lpips_model(x, x)
-    assert d_xx.shape == (2, 3)
-    assert torch.allclose(d_xx, torch.zeros_like(d_xx), atol=1e-7)
-    d_xy, d_yx = lpips_model(x, y), lpips(y, x, lpips_model)
-    assert torch.allclose(d_xy, d_yx, rtol=1e-5, atol=1e-7)
-    assert (d_xy > 1e-4).all()
-    # A single image gives a 0-d result; a small perturbation is closer than an unrelated image.
-    near = lpips_model(x[0, 0], (x[0, 0] + 0.02 * torch.randn(64, 64, 3)).clamp(0, 1))
-    assert near.ndim == 0 and 0 < near < d_xy[0, 0]
-
-
-def test_lpips_linear_in_head_weights(lpips_sds, lpips_model):
-    alex, heads = lpips_sds
-    doubled = LPIPS.from_weights(alex, {k: 2 * v for k, v in heads.items()})
-    x, y = torch.rand(2, 48, 40, 3), torch.rand(2, 48, 40, 3)
-    assert torch.allclose(doubled(x, y), 2 * lpips_model(x, y), rtol=1e-5)
-    # Zeroing all but one head leaves exactly that tap's contribution: heads add up.
-    parts = []
-    for k in range(5):
-        only = {n: (v if n.startswith(f"lin{k}") else torch.zeros_like(v)) for n, v in heads.items()}
-        parts.append(LPIPS.from_weights(alex, only)(x, y))
-    assert torch.allclose(sum(parts), lpips_model(x, y), rtol=1e-5)
-
-
-def test_lpips_matches_direct_computation(lpips_sds, lpips_model):
-    """An independent functional re-computation of the formula with F.conv2d on the raw published tensors."""
-    alex, heads = lpips_sds
-    F = torch.nn.functional
-    x, y = torch.rand(1, 40, 40, 3), torch.rand(1, 40, 40, 3)
-    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
-
-    def taps(img):
-        h = (img.permute(0, 3, 1, 2) * 2 - 1 - shift) / scale
-        out = []
-        h = F.relu(F.conv2d(h, alex["features.0.weight"], alex["features.0.bias"], stride=4, padding=2)); out.append(h)
-        h = F.max_pool2d(h, 3, 2)
-        h = F.relu(F.conv2d(h, alex["features.3.weight"], alex["features.3.bias"], padding=2)); out.append(h)
-        h = F.max_pool2d(h, 3, 2)
-        for i in (6, 8, 10):
-            h = F.relu(F.conv2d(h, alex[f"features.{i}.weight"], alex[f"features.{i}.bias"], padding=1)); out.append(h)
-        return [t / (t.norm(dim=1, keepdim=True) + 1e-10) for t in out]
-
-    d = sum((heads[f"lin{k}.model.1.weight"] * (a - b) ** 2).sum(1).mean() for k, (a, b) in enumerate(zip(taps(x), taps(y))))
-    assert torch.allclose(lpips_model(x, y)[0], d, rtol=1e-4)
-
-
-def test_load_lpips_files(tmp_path, lpips_sds):
-    alex, heads = lpips_sds
-    with pytest.raises(Gen4DError) as e:
-        load_lpips(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
-    assert "alex.pth" in str(e.value) and "http" in str(e.value)
-    torch.save(heads, tmp_path / "alex.pth")
-    with pytest.raises(Gen4DError, match="alexnet.pth"):
-        load_lpips(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
-    torch.save(alex, tmp_path / "alexnet.pth")
-    m = load_lpips(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
-    assert torch.equal(m.heads[1].weight, heads["lin1.model.1.weight"])
-    (tmp_path / "junk.pth").write_text("<html>not found</html>")
-    with pytest.raises(Gen4DError, match="junk.pth"):
-        load_lpips(tmp_path / "alexnet.pth", tmp_path / "junk.pth")
-
-
-# ------------------------------------------------------------------------------------------------ CLIP
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    from gen4d.testing.tokenizer import tiny_vocab, write_tiny_clip_tokenizer
-
-    vocab = tiny_vocab()
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    torch.manual_seed(0)
-    text = {
-        "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-        "max_position_embeddings": 32, "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-        "pad_token_id": vocab["<|endoftext|>"],
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    write_tiny_clip_tokenizer(folder)
-    return str(folder)
-
-
-def _pattern_images(n, h, w, seed):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 3, h // 8, w // 8, generator=g)
-    return torch.nn.functional.interpolate(base, size=(h, w), mode="nearest").permute(0, 2, 3, 1)
-
-
-def test_clip_similarity_images(tiny_clip_dir):
-    a = _pattern_images(3, 48, 64, seed=1)  # non-square and not the model's size: resize + crop path
-    b = _pattern_images(3, 48, 64, seed=2)
-    same = clip_similarity(a, a, tiny_clip_dir, reduction="none")
-    assert same.shape == (3,)
-    assert torch.allclose(same, torch.ones(3), atol=1e-5)
-    diff = clip_similarity(a, b, tiny_clip_dir, reduction="none")
-    assert (diff >= -1).all() and (diff <= 1).all() and (diff < 1 - 1e-4).all()
-    mean = clip_similarity(a, b, tiny_clip_dir)
-    assert mean.ndim == 0 and torch.isclose(mean, diff.mean())
-    # One reference broadcasts over frames; image 0 against itself is still 1.
-    one = clip_similarity(a, a[:1], tiny_clip_dir, reduction="none")
-    assert abs(float(one[0]) - 1) < 1e-5 and (one[1:] < 1 - 1e-4).all()
-    # M references, M != N: mean over all pairs.
-    allpairs = clip_similarity(a[:2], b, tiny_clip_dir, reduction="none")
-    per = torch.stack([clip_similarity(a[:2], b[j : j + 1], tiny_clip_dir, reduction="none") for j in range(3)], -1)
-    assert torch.allclose(allpairs, per.mean(-1), atol=1e-6)
-
-
-def test_clip_similarity_texts(tiny_clip_dir):
-    a = _pattern_images(2, 32, 32, seed=3)
-    s = clip_similarity(a, "a photo of the cat", tiny_clip_dir, reduction="none")
-    assert s.shape == (2,) and (s.abs() <= 1).all()
-    s2 = clip_similarity(a, ["a photo of the cat", "a dog"], tiny_clip_dir, reduction="none")
-    assert torch.isclose(s2[0], s[0], atol=1e-6) and not torch.isclose(s2[1], s[1], atol=1e-6)
-
-
-def test_clip_missing_model(tmp_path):
-    with pytest.raises(Gen4DError):
-        clip_similarity(torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3), str(tmp_path / "nope"))
-
+from gen4d.eval.i3d import I3DWidths, InceptionI3d, i3d_num_time_steps, same_padding
+from gen4d.testing import tiny_metrics_dir
 
 # ------------------------------------------------------------------------------------------------ FID / FVD
 
@@ -273,8 +51,6 @@ def test_frechet_distance_full_covariance():
 
 
 def test_frechet_distance_from_few_features_matches_the_covariance_route():
-    from gen4d.eval.perceptual import frechet_distance_from_features
-
     g = torch.Generator().manual_seed(2)
     for na, nb, d in [(4, 4, 400), (4, 7, 30), (3, 50, 10), (60, 40, 12)]:
         fa = 2 * torch.randn(na, d, generator=g, dtype=torch.float64) + 1
@@ -392,8 +168,6 @@ def _published_i3d_shapes() -> dict[str, tuple[int, ...]]:
 
 @pytest.fixture(scope="module")
 def full_i3d():
-    from gen4d.eval.i3d import InceptionI3d
-
     torch.manual_seed(3)
     return InceptionI3d()
 
@@ -407,8 +181,6 @@ def test_i3d_state_dict_matches_the_published_layout(full_i3d):
 
 
 def test_i3d_state_dict_round_trip_strict(tmp_path, full_i3d):
-    from gen4d.eval.i3d import I3DWidths, InceptionI3d
-
     sd = full_i3d.state_dict()
     torch.save(sd, tmp_path / "i3d_pretrained_400.pt")
     model = load_i3d(tmp_path / "i3d_pretrained_400.pt")
@@ -428,8 +200,6 @@ def test_i3d_state_dict_round_trip_strict(tmp_path, full_i3d):
 
 
 def test_same_padding_matches_tensorflow():
-    from gen4d.eval.i3d import same_padding
-
     for n in range(1, 30):
         for k in (1, 2, 3, 7):
             for s in (1, 2):
@@ -441,8 +211,6 @@ def test_same_padding_matches_tensorflow():
 
 
 def test_i3d_feature_shapes(full_i3d):
-    from gen4d.eval.i3d import I3DWidths, InceptionI3d, i3d_num_time_steps
-
     # Small inputs keep this fast: the spatial mean replaces the 7x7 pool, so any size works.
     x = torch.rand(1, 3, 4, 16, 16) * 2 - 1
     with torch.no_grad():
@@ -454,9 +222,6 @@ def test_i3d_feature_shapes(full_i3d):
 
 
 def test_fvd_with_a_state_dict_i3d():
-    from gen4d.eval.i3d import I3DWidths, InceptionI3d
-    from gen4d.testing import tiny_metrics_dir
-
     path = tiny_metrics_dir() / "i3d_pretrained_400.pt"  # the tiny set --models tiny uses
     det = load_i3d(path)
     assert isinstance(det, InceptionI3d) and det.widths == I3DWidths().scaled(16)
@@ -472,8 +237,6 @@ def test_fvd_with_a_state_dict_i3d():
 
 def test_state_dict_i3d_sees_stretched_frames_in_minus_one_one():
     """Consistent4D's protocol: every frame resized to the square (no crop), values in [-1, 1], the whole clip."""
-    from gen4d.eval.i3d import I3DWidths, InceptionI3d
-
     class Spy(InceptionI3d):
         def forward(self, x, per_time=False):
             self.seen = x
@@ -490,8 +253,6 @@ def test_state_dict_i3d_sees_stretched_frames_in_minus_one_one():
 
 
 def test_default_i3d_files_and_torchscript_detection(tmp_path, monkeypatch, i3d_path):
-    from gen4d.eval.perceptual import is_torchscript_file
-
     monkeypatch.setenv("GEN4D_CACHE", str(tmp_path))
     with pytest.raises(Gen4DError, match="i3d_pretrained_400.pt.*i3d_torchscript.pt"):
         load_i3d()

@@ -1,15 +1,19 @@
-"""A 4D Gaussian scene: canonical Gaussians + a deformation field, rendered at per-camera times."""
+"""The 4D asset every recipe trains: canonical Gaussians + a deformation field, rendered at per-camera times.
+
+Its parameters come in two groups that stages route losses to (:meth:`Scene4D.parameter_groups`): ``static``
+(the canonical Gaussians) and ``dynamic`` (the deformation field).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..fields.deformation import DeformationConfig, DeformationField
-from ..gaussians.frame import GaussianFrame
-from ..gaussians.model import GaussianModel
-from ..render import RenderOutput, rasterize
+from .cameras import Cameras
+from .fields.deformation import DeformationConfig, DeformationField
+from .gaussians.frame import GaussianFrame
+from .gaussians.model import GaussianModel
+from .render import RenderOutput, rasterize
 
 
 class Scene4D(nn.Module):
@@ -56,6 +60,16 @@ class Scene4D(nn.Module):
         field.set_bounds(lo - pad, hi + pad)
         self.deformation = field.to(means.device)
         return self
+
+    def summary(self) -> dict:
+        return {"num_gaussians": len(self.gaussians)}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``static``: the canonical Gaussians' parameters; ``dynamic``: the deformation field's (empty without one)."""
+        return {
+            "static": list(self.gaussians.params.values()),
+            "dynamic": [] if self.deformation is None else list(self.deformation.parameters()),
+        }
 
     # ------------------------------------------------------------------ evaluation
     def frame_at(self, t: float | Tensor | None) -> GaussianFrame:

@@ -1,0 +1,124 @@
+"""The camera x time sampler of score distillation: where and when the views a prior judges are rendered.
+
+Angles follow :mod:`gen4d.cameras` (degrees; azimuth from +x towards +y, elevation above the xy plane; the input
+view of image recipes is azimuth 0, elevation 0). Random numbers are drawn from the stage's generator in a fixed
+order: azimuths, elevations, then radii and fields of view (only when their range is not a single value), then
+times (only when random).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import Gen4DError
+from ..cameras import Cameras, frame_times, intrinsics_from_fov, orbit_cameras
+from ..guidance.base import Conditioning
+
+TIME_MODES = ("zero", "shared", "per_view", "reference", "clip")
+
+
+@dataclass
+class ViewSampling:
+    """A camera x time distribution for one guidance term."""
+
+    views: int = 4
+    """Cameras per step (for ``times=clip``: clips per step, each ``frames`` frames of one camera)."""
+    elevation_deg: tuple[float, float] = (-30.0, 30.0)
+    """Range of elevations (uniform)."""
+    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
+    """Range of azimuths (uniform)."""
+    azimuth_layout: str = "random"
+    """random: every view's azimuth drawn independently | even: the views evenly spaced over 360 degrees from one
+    random start (multi-view priors: MVDream's 4 orthogonal views)."""
+    radius: tuple[float, float] = (2.5, 2.5)
+    """Range of camera distances from the origin."""
+    fov_deg: tuple[float, float] = (49.1, 49.1)
+    """Range of horizontal fields of view."""
+    times: str = "shared"
+    """zero: the canonical time 0 | shared: one random time for all views of the step | per_view: a random time
+    per view | reference: the time of the step's reference frame (image recipes fitting a driving video) | clip:
+    ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors)."""
+    frames: int = 16
+    """Frames per clip (``times=clip``)."""
+
+    def check(self) -> None:
+        if self.views < 1 or self.frames < 1:
+            raise Gen4DError(f"views and frames must be at least 1, got {self.views} and {self.frames}")
+        if self.times not in TIME_MODES:
+            raise Gen4DError(f"times must be one of {', '.join(TIME_MODES)}, got {self.times!r}")
+        if self.azimuth_layout not in ("random", "even"):
+            raise Gen4DError(f"azimuth_layout must be random or even, got {self.azimuth_layout!r}")
+        for name in ("elevation_deg", "azimuth_deg", "radius", "fov_deg"):
+            lo, hi = getattr(self, name)
+            if hi < lo:
+                raise Gen4DError(f"{name} range ({lo}, {hi}) is empty")
+
+
+@dataclass
+class ViewBatch:
+    """The sampled views of one term at one step: N = views x frames cameras (clip-major for clips)."""
+
+    cameras: Cameras
+    elevation_deg: Tensor
+    azimuth_deg: Tensor
+    radius: Tensor
+    fov_deg: Tensor
+    times: Tensor
+    frames: int = 1
+    """Frames per clip (1 for still views): renders reshape to ``[N / frames, frames, 3, H, W]``."""
+
+    def conditioning(self, **fields) -> Conditioning:
+        """The cameras and times as a :class:`~gen4d.guidance.base.Conditioning` (plus ``fields``)."""
+        device = self.cameras.viewmats.device
+        return Conditioning(
+            c2w=self.cameras.c2w, elevation_deg=self.elevation_deg.to(device), azimuth_deg=self.azimuth_deg.to(device),
+            radius=self.radius.to(device), fov_deg=self.fov_deg.to(device), times=self.cameras.times, **fields,
+        )
+
+
+def _uniform(lo: float, hi: float, n: int, generator: torch.Generator) -> Tensor:
+    return lo + torch.rand(n, generator=generator) * (hi - lo)
+
+
+def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height: int,
+                 reference_time: float | None = None) -> ViewBatch:
+    """Draw one step's views of ``s`` at ``width x height`` pixels (``reference_time`` for ``times=reference``)."""
+    n = s.views
+    if s.azimuth_layout == "even":
+        start = _uniform(*s.azimuth_deg, 1, generator)
+        az = start + torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    else:
+        az = _uniform(*s.azimuth_deg, n, generator)
+    el = _uniform(*s.elevation_deg, n, generator)
+    radius = _uniform(*s.radius, n, generator) if s.radius[1] > s.radius[0] else None
+    fov = _uniform(*s.fov_deg, n, generator) if s.fov_deg[1] > s.fov_deg[0] else None
+    frames = s.frames if s.times == "clip" else 1
+    if s.times == "zero":
+        times: float | Tensor = 0.0
+    elif s.times == "shared":
+        times = float(torch.rand((), generator=generator))
+    elif s.times == "per_view":
+        times = torch.rand(n, generator=generator)
+    elif s.times == "reference":
+        if reference_time is None:
+            raise ValueError("times=reference needs the step's reference frame (a stage with reference views)")
+        times = float(reference_time)
+    else:  # clip: every camera repeated over the clip's frames
+        az, el = az.repeat_interleave(frames), el.repeat_interleave(frames)
+        radius = None if radius is None else radius.repeat_interleave(frames)
+        fov = None if fov is None else fov.repeat_interleave(frames)
+        times = frame_times(frames).float().repeat(n)
+    N = n * frames
+    r_arg = s.radius[0] if radius is None else radius
+    fov0 = math.radians(s.fov_deg[0])
+    cams = orbit_cameras(az, el, r_arg, fov0, width, height, times=times)
+    if fov is not None:
+        cams = Cameras(cams.viewmats, torch.stack([intrinsics_from_fov(math.radians(float(f)), width, height).float() for f in fov]),
+                       width, height, cams.times)
+    radius_t = torch.full((N,), float(s.radius[0])) if radius is None else radius
+    fov_t = torch.full((N,), float(s.fov_deg[0])) if fov is None else fov
+    return ViewBatch(cams, el, az, radius_t, fov_t, cams.times, frames)
