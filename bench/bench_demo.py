@@ -5,6 +5,7 @@ first run pays for compiling the CPU kernels), then prints wall time, per-stage 
 held-out test PSNR / SSIM.
 
     python bench/bench_demo.py [--cold] [--keep DIR] [--json bench/results/demo.json] [-- extra demo args]
+    python bench/bench_demo.py --cold --json bench/results/demo_dg4d.json -- --recipe dg4d   # oracle-prior demo
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def main() -> None:
         "ssim": m["ssim"],
         "num_gaussians": m["num_gaussians"],
         "iterations": m["iterations"],
-        "resolution": m["eval_resolution"],
+        "resolution": m.get("eval_resolution"),
+        "heldout": m.get("heldout", {}).get("views"),
         "cold_numba_cache": args.cold,
     }
     print(f"{'wall s':>8} {'train s':>8} {'PSNR dB':>8} {'SSIM':>7} {'Gaussians':>10} {'steps':>6}")

@@ -3,7 +3,7 @@
     python bench/bench_dg4d.py --device cuda     # the measurement: builds the models once into --cache, then one run
     python bench/bench_dg4d.py --small           # tiny models, few steps, on the CPU: checks this script end to end
 
-The priors are built at random weights from the published configs in ``shared/model_configs`` by
+The priors are built at random weights from the published configs in ``bench/model_configs`` by
 ``bench_guidance.build`` (SVD img2vid ``svd-img2vid__*``; Zero123-XL ``zero123-xl-ashawkey__*``, the recipe's
 default, or ``--zero123 stable-zero123``), saved in the Hub layout and loaded by the recipe's own loading code; the
 compute does not depend on the weight values. One ``run_dg4d`` call with the ``default`` preset (``--preset``),

@@ -1,6 +1,6 @@
 """Seconds and peak memory per SDS step of each prior at its published size (random weights).
 
-Each prior's networks are built from the published architecture configs in ``shared/model_configs`` (compute
+Each prior's networks are built from the published architecture configs in ``bench/model_configs`` (compute
 cost does not depend on weight values), saved in the Hub layout to ``--cache`` and loaded back through the
 prior's own ``from_pretrained`` code, then timed at the seeds' batch and resolution:
 
@@ -30,10 +30,8 @@ import torch
 
 from gen4d.guidance.base import Conditioning
 
-_ROOT = Path(__file__).resolve().parents[1]
-# shared/ sits beside the repository (or inside it on machines that carry it along)
-CONFIGS = next((p for p in (_ROOT / "shared" / "model_configs", _ROOT.parent / "shared" / "model_configs") if p.exists()),
-               _ROOT.parent / "shared" / "model_configs")
+CONFIGS = Path(__file__).resolve().parent / "model_configs"
+"""The published architecture configs (copied into the repository, so they travel with it to a GPU machine)."""
 
 
 def _cfg(name: str) -> dict:
@@ -53,8 +51,22 @@ def _save_text_stack(folder: Path, text_config: dict) -> None:
     CLIPTextModel(CLIPTextConfig(**text_config)).save_pretrained(folder / "text_encoder")
 
 
+BUILD_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build(prior: str, root: Path) -> Path:
     """Write the published-size random model of ``prior`` under ``root`` (once) and return its folder."""
+    folder = root / prior
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device(BUILD_DEVICE):  # random initialisation of ~1e9 parameters is much faster on a GPU
+        _build(prior, folder)
+    (folder / "done").write_text("ok\n")
+    return folder
+
+
+def _build(prior: str, folder: Path) -> None:
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -63,10 +75,6 @@ def build(prior: str, root: Path) -> Path:
         UNet3DConditionModel,
     )
 
-    folder = root / prior
-    if (folder / "done").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
     if prior == "sd21":
         UNet2DConditionModel.from_config(_cfg("sd21-base__unet")).save_pretrained(folder / "unet")
         AutoencoderKL.from_config(_cfg("sd21-base__vae")).save_pretrained(folder / "vae")
@@ -109,12 +117,11 @@ def build(prior: str, root: Path) -> Path:
         DDPMScheduler.from_config(_cfg("zeroscope-v2-576w__scheduler")).save_pretrained(folder / "scheduler")
     else:
         raise SystemExit(f"unknown prior {prior!r}")
-    (folder / "done").write_text("ok\n")
-    return folder
 
 
-def make_step(prior: str, folder: Path, device: torch.device, precision: str):
-    """Build the prior through its loading code; return (step function, U-Net)."""
+def make_step(prior: str, folder: Path, device: torch.device, precision: str, small: bool = False):
+    """Build the prior through its loading code; return (step function, U-Net). ``small``: tiny inputs (for tiny
+    models on the CPU)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     if prior == "sd21":
         from gen4d.guidance.stable_diffusion import StableDiffusionGuidance
@@ -127,7 +134,7 @@ def make_step(prior: str, folder: Path, device: torch.device, precision: str):
         from gen4d.cameras import orbit_c2w
         from gen4d.guidance.mvdream import MVDreamConfig, MVDreamGuidance
 
-        guid = MVDreamGuidance.from_pretrained(MVDreamConfig(model=str(folder), precision=precision)).place(device)
+        guid = MVDreamGuidance.from_pretrained(MVDreamConfig(model=str(folder), precision=precision, resolution=64 if small else 256), device=device)
         c2w = orbit_c2w(torch.tensor([0.0, 90.0, 180.0, 270.0]), 15.0, 2.0).float().to(device)
         cond = Conditioning(prompt=guid.encode_prompt("a dog riding a skateboard"), c2w=c2w, num_views=4)
         images = torch.rand(4, 3, 256, 256, device=device, requires_grad=True)
@@ -144,9 +151,10 @@ def make_step(prior: str, folder: Path, device: torch.device, precision: str):
     if prior == "zeroscope":
         from gen4d.guidance.video_sds import VideoSDSConfig, VideoSDSGuidance
 
-        guid = VideoSDSGuidance(VideoSDSConfig(model=str(folder), precision=precision, grad_frames=4), device=device)
+        size = {"model_width": 64, "model_height": 32} if small else {}
+        guid = VideoSDSGuidance(VideoSDSConfig(model=str(folder), precision=precision, grad_frames=4, **size), device=device)
         cond = Conditioning(prompt=guid.encode_prompt("a dog riding a skateboard"))
-        video = torch.rand(1, 16, 3, 160, 288, device=device, requires_grad=True)
+        video = torch.rand(1, 4 if small else 16, 3, 160, 288, device=device, requires_grad=True)
         return (lambda step: sum(guid(video, cond, step, generator=g).values())), guid.unet
     raise SystemExit(f"unknown prior {prior!r}")
 
@@ -171,6 +179,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_prior(prior: str, folder: Path, device: torch.device, precision: str, steps: int, small: bool = False) -> dict:
+    """One prior at one precision: FLOPs of a step (counted on the warm-up step), seconds per step, peak memory."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    step, unet = make_step(prior, folder, device, precision, small)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0).backward()  # warm-up, and the FLOP count of one whole step
+    _sync(device)
+    flops = counter.get_total_flops()
+    t = time.perf_counter()
+    for s in range(steps):
+        step(s + 1).backward()
+    _sync(device)
+    sec = (time.perf_counter() - t) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    tflops = matmul_tflops(device, dtype if device.type == "cuda" else torch.float32)
+    params = sum(p.numel() for p in unet.parameters()) / 1e9
+    del step, unet
+    return {"prior": prior, "precision": precision, "seconds_per_step": sec, "peak_gib": peak, "unet_params_b": params,
+            "step_tflop": flops / 1e12, "matmul_tflops": tflops, "floor_seconds": flops / (tflops * 1e12)}
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'prior':<10} {'prec':<5} {'s/step':>8} {'floor s':>8} {'peak GiB':>9} {'UNet Bparam':>11} {'TFLOP/step':>10} {'matmul TFLOP/s':>14}")
+    for r in rows:
+        print(f"{r['prior']:<10} {r['precision']:<5} {r['seconds_per_step']:>8.3f} {r['floor_seconds']:>8.3f} {r['peak_gib']:>9.2f} "
+              f"{r['unet_params_b']:>11.3f} {r['step_tflop']:>10.2f} {r['matmul_tflops']:>14.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--priors", nargs="+", default=["sd21", "mvdream", "zero123", "zeroscope"])
@@ -178,45 +220,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/gen4d-published-size"))
-    ap.add_argument("--configs", type=Path, default=None, help="folder of published configs (default: ../shared/model_configs)")
+    ap.add_argument("--configs", type=Path, default=None, help="folder of published configs (default: bench/model_configs)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/guidance.json"))
     args = ap.parse_args()
     global CONFIGS
     if args.configs is not None:
         CONFIGS = args.configs
     device = torch.device(args.device)
-    rows = []
-    for prior in args.priors:
-        folder = build(prior, args.cache)
-        for precision in args.precision:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            step, unet = make_step(prior, folder, device, precision)
-            from torch.utils.flop_counter import FlopCounterMode
-
-            counter = FlopCounterMode(display=False)
-            with counter:
-                step(0).backward()  # warm-up, and the FLOP count of one whole step
-            _sync(device)
-            flops = counter.get_total_flops()
-            t = time.perf_counter()
-            for s in range(args.steps):
-                step(s + 1).backward()
-            _sync(device)
-            sec = (time.perf_counter() - t) / args.steps
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-            tflops = matmul_tflops(device, dtype if device.type == "cuda" else torch.float32)
-            params = sum(p.numel() for p in unet.parameters()) / 1e9
-            rows.append({"prior": prior, "precision": precision, "seconds_per_step": sec, "peak_gib": peak,
-                         "unet_params_b": params, "step_tflop": flops / 1e12, "matmul_tflops": tflops,
-                         "floor_seconds": flops / (tflops * 1e12)})
-            del step, unet
-    print(f"{'prior':<10} {'prec':<5} {'s/step':>8} {'floor s':>8} {'peak GiB':>9} {'UNet Bparam':>11} {'TFLOP/step':>10} {'matmul TFLOP/s':>14}")
-    for r in rows:
-        print(f"{r['prior']:<10} {r['precision']:<5} {r['seconds_per_step']:>8.3f} {r['floor_seconds']:>8.3f} {r['peak_gib']:>9.2f} "
-              f"{r['unet_params_b']:>11.3f} {r['step_tflop']:>10.2f} {r['matmul_tflops']:>14.1f}")
+    rows = [time_prior(prior, build(prior, args.cache), device, precision, args.steps)
+            for prior in args.priors for precision in args.precision]
+    print_rows(rows)
     machine = {"platform": platform.platform(), "device": str(device), "torch": torch.__version__}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()

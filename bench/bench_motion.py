@@ -3,7 +3,7 @@
     python bench/bench_motion.py --device cuda    # the measurement: builds the models once into --cache, then times
     python bench/bench_motion.py --small          # tiny models at a tiny size on the CPU: checks this script end to end
 
-The networks are built at random weights from the published ZeroScope v2 576w configs in ``shared/model_configs``
+The networks are built at random weights from the published ZeroScope v2 576w configs in ``bench/model_configs``
 (``zeroscope-v2-576w__*``: ``UNet3DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel``; a locally written CLIP
 tokenizer, whose vocabulary does not change the cost) by ``bench_guidance.build``, saved in the Hub layout and loaded
 back through gen4d's own loading code (``load_pretrained``, ``PromptEncoder``, ``TextToVideo``); the compute does not
@@ -401,7 +401,7 @@ def print_table(record: dict) -> None:
           f"at {gib(main['peak_gib'])} GiB, {lo / ours:.2g}-{hi / ours:.2g}x its speed")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     defaults = MotionTrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available; --small: cpu)")
@@ -419,9 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flops", action="store_true", help="do not count the FLOPs of a training step")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/gen4d-published-size"), help="where the built models are kept")
     ap.add_argument("--keep", action="store_true", help="keep the models this run built in --cache (default: remove them at the end)")
-    ap.add_argument("--configs", type=Path, default=None, help="folder of published configs (default: shared/model_configs)")
+    ap.add_argument("--configs", type=Path, default=None, help="folder of published configs (default: bench/model_configs)")
     ap.add_argument("--json", type=Path, default=None, help="default: bench/results/motion.json (--small: motion_small.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the size defaults (published or ``--small``) and check them; raises SystemExit on bad values."""
+    defaults = MotionTrainConfig()
     big = {"frames": defaults.num_frames, "size": defaults.height, "steps": 10, "warmup": 2,
            "sample_steps": DEFAULT_STEPS, "inversion_steps": DEFAULT_INVERSION_STEPS}
     for key, value in (SMALL if args.small else big).items():
@@ -432,12 +437,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs is not None:
         bench_guidance.CONFIGS = args.configs
     if args.size % 8:
-        ap.error(f"--size must be a multiple of 8 (the VAE downsamples by 8), got {args.size}")
+        raise SystemExit(f"--size must be a multiple of 8 (the VAE downsamples by 8), got {args.size}")
     if args.frames < 2 or args.steps < 1 or args.warmup < 0 or args.sample_steps < 1 or args.inversion_steps < 1:
-        ap.error("--frames must be >= 2 (the temporal path), --steps, --sample-steps, --inversion-steps >= 1, --warmup >= 0")
+        raise SystemExit("--frames must be >= 2 (the temporal path), --steps, --sample-steps, --inversion-steps >= 1, --warmup >= 0")
     if args.json is None:
         args.json = Path(__file__).resolve().parent / "results" / ("motion_small.json" if args.small else "motion.json")
-    return run_and_record(run, print_table, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_record(run, print_table, resolve_args(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

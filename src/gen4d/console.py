@@ -44,8 +44,11 @@ class _RunLog(logging.Handler):
         if self.path is None:
             self.pending.append(line)
             return
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        except OSError:  # the run folder is gone: keep the line rather than fail the caller
+            self.pending.append(line)
 
     def attach(self, path: Path) -> None:
         self.path = path
@@ -84,8 +87,3 @@ def attach_run_log(path: str | os.PathLike) -> None:
     """Send captured library output to ``path`` (the run's log), starting with what came before the run existed."""
     if _handler is not None:
         _handler.attach(Path(path))
-
-
-def captured_lines() -> list[str]:
-    """What was captured before any run log was attached (for tests and for commands without a run)."""
-    return [] if _handler is None else list(_handler.pending)

@@ -106,7 +106,9 @@ class Scene4D(nn.Module):
             )
         times, inverse = torch.unique(cameras.times, return_inverse=True)
         frames = [self.frame_at(t) for t in times]
-        stacked = [torch.stack(parts)[inverse] for parts in zip(*(f.tensors()[:4] for f in frames))]
+        # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
+        # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
+        stacked = [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
         means, quats, scales, opacities = stacked
         return rasterize(
             means, quats, scales, opacities, frames[0].sh, cameras.viewmats, cameras.Ks, cameras.width,

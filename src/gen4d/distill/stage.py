@@ -46,18 +46,6 @@ def at(value, step: int):
     return value(step) if callable(value) else value
 
 
-def linear_ramp(start: float, end: float, start_step: int, end_step: int) -> Callable[[int], float]:
-    """``start`` until ``start_step``, linear to ``end`` at ``end_step``, ``end`` after."""
-
-    def value(step: int) -> float:
-        if end_step <= start_step:
-            return end if step >= end_step else start
-        f = min(max((step - start_step) / (end_step - start_step), 0.0), 1.0)
-        return start + f * (end - start)
-
-    return value
-
-
 @dataclass
 class GuidanceTerm:
     """One prior's contribution to a score-distillation stage."""

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import CLIPModel, CLIPTokenizer
 
 from ..models.registry import load_pretrained
 from .common import resize_center_crop
@@ -29,8 +30,6 @@ def _load_clip(model: Any, device: torch.device | None):
         return model
     key = (model, str(device))
     if key not in _clip_cache:
-        from transformers import CLIPModel
-
         m = load_pretrained(CLIPModel, model).eval().requires_grad_(False)
         _clip_cache[key] = m.to(device) if device is not None else m
     return _clip_cache[key]
@@ -108,7 +107,6 @@ def clip_similarity(
                 name = getattr(clip, "name_or_path", None) or getattr(clip.config, "_name_or_path", None)
                 if not name:
                     raise ValueError("pass tokenizer= when comparing a loaded CLIPModel with texts")
-            from transformers import CLIPTokenizer
 
             tokenizer = load_pretrained(CLIPTokenizer, name)
         ref = _clip_text_embeds(clip, tokenizer, texts)

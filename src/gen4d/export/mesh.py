@@ -21,9 +21,9 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..cameras import quat_to_rotmat
+from ..files import atomic_path
 from ..gaussians.frame import GaussianFrame
 from ..sh import sh0_to_rgb
-from ..files import atomic_path
 from .animated_glb import write_animated_glb
 
 __all__ = [

@@ -21,8 +21,8 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from .. import Gen4DError
-from ..gaussians.frame import GaussianFrame
 from ..files import atomic_path
+from ..gaussians.frame import GaussianFrame
 from ..sh import sh_degree_from_bases
 
 __all__ = ["inria_property_names", "save_inria_ply", "load_inria_ply"]

@@ -102,17 +102,6 @@ class Conditioning:
         if missing:
             raise ValueError(f"{prior} needs Conditioning.{', '.join(missing)}")
 
-    def select(self, index: Tensor | list[int]) -> "Conditioning":
-        """The conditioning of images ``index`` (per-image tensors indexed, the rest shared)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Tensor) and v.dim() > 0:
-                v = v[idx.to(v.device)]
-            out[f.name] = v
-        return Conditioning(**out)
-
 
 def offload_between_calls(module: nn.Module, device: torch.device | str, methods: tuple[str, ...] = ("forward",)) -> None:
     """Keep ``module`` on the CPU and move it to ``device`` only while one of ``methods`` runs.

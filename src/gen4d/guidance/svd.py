@@ -33,13 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import diffusers
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
-import diffusers
 import transformers
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
 from ..devices import DTYPES, Precision

@@ -36,10 +36,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from diffusers import AutoencoderKL, DDIMScheduler, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import Tensor, nn
 from transformers import CLIPVisionModelWithProjection
 
 from ..models.registry import load_pretrained, resolve

@@ -4,6 +4,7 @@
 Tests plug into this package (``gen4d.testing`` registers the ``tiny`` model set); nothing here imports them.
 """
 
+from .preflight import ModelRequirement, PackageRequirement, Requirement, check_requirements, requirement_status
 from .registry import (
     REGISTRY,
     ModelSpec,
@@ -16,7 +17,6 @@ from .registry import (
     resolve,
     set_model_set,
 )
-from .preflight import ModelRequirement, PackageRequirement, Requirement, check_requirements, requirement_status
 
 __all__ = [
     "REGISTRY",

@@ -51,6 +51,7 @@ from transformers import CLIPModel
 
 from .. import Gen4DError
 from ..cameras import frame_times
+from ..config import merge_config
 from ..data.consistent4d import (
     EVAL_AZIMUTHS_DEG,
     EVAL_ELEVATION_DEG,
@@ -62,16 +63,15 @@ from ..data.consistent4d import (
     input_alignment,
     read_frames,
 )
+from ..devices import resolve_device
 from ..eval.clip_score import clip_similarity
 from ..eval.fvd import I3D_STATE_DICT_FILE, frechet_distance_from_features, i3d_features, load_i3d
 from ..eval.i3d import InceptionI3d
 from ..eval.lpips import ALEXNET_FILE, LPIPS_ALEX_FILE, load_lpips
 from ..eval.metrics import psnr, ssim
+from ..export.images import save_png
 from ..files import write_json
 from ..models.registry import METRIC_WEIGHTS, load_pretrained, model_set, model_set_folder
-from ..config import merge_config
-from ..devices import resolve_device
-from ..export.images import save_png
 from ..runs import load_finished_run
 
 __all__ = ["CLIP_MODEL", "METRICS", "EvalConfig", "MetricModels", "build_eval_config", "load_metric_models", "run_eval", "score_renders"]

@@ -30,10 +30,6 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..config import config_yaml
-from ..devices import resolve_device, resolve_precision
-from ..export.images import to_uint8
-from ..models.preflight import ModelRequirement, Requirement
-from ..training.loop import ArtifactStage, Stage, run_artifact, run_stages
 from ..data.videos import (
     find_images,
     find_videos,
@@ -42,10 +38,14 @@ from ..data.videos import (
     read_video_clip,
     split_clips,
 )
+from ..devices import resolve_device, resolve_precision
+from ..export.images import to_uint8
 from ..export.video import write_video
 from ..guidance.prompts import PromptEncoder
+from ..models.preflight import ModelRequirement, Requirement
 from ..models.registry import load_pretrained
 from ..runs import RunDir
+from ..training.loop import ArtifactStage, Stage, run_artifact, run_stages
 from ..video.lora import lora_adapters
 from ..video.lora_files import save_motion_lora
 from ..video.sampling import TextToVideo

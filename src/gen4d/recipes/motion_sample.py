@@ -36,8 +36,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import Gen4DError
+from ..config import config_yaml
+from ..data.videos import read_video_clip
+from ..devices import resolve_device, resolve_precision
+from ..export.images import save_png, to_uint8
+from ..export.video import write_gif, write_video
+from ..models.preflight import ModelRequirement, Requirement
 from ..runs import RunDir
-from ..video.train import LATENTS_STAGE
 from ..video.sampling import (
     DEFAULT_FPS,
     DEFAULT_GUIDANCE,
@@ -50,12 +55,7 @@ from ..video.sampling import (
     VideoSample,
     load_motion_adapters,
 )
-from ..config import config_yaml
-from ..data.videos import read_video_clip
-from ..devices import resolve_device, resolve_precision
-from ..export.images import save_png, to_uint8
-from ..export.video import write_gif, write_video
-from ..models.preflight import ModelRequirement, Requirement
+from ..video.train import LATENTS_STAGE
 from .recipe import Option, Recipe
 
 LORA_CONFIG = "lora_config.json"

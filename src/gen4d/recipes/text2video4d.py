@@ -33,13 +33,13 @@ from ..runs import RunDir
 from ..training.loop import ArtifactStage, run_artifact
 from . import dg4d
 from .dg4d import DG4DConfig, run_dg4d
-from .recipe import Option, Recipe, merge_nested
 from .motion_sample import (
     MotionSampleConfig,
     check_config,
     generate_video,
     write_video_outputs,
 )
+from .recipe import Option, Recipe, merge_nested
 
 SEGMENTER_CHOICES = ("auto", "rembg", "plain")
 WHITE_BACKGROUND = ", on a white background"

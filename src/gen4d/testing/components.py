@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .tokenizer import tiny_vocab, write_tiny_clip_tokenizer
 
@@ -15,8 +17,6 @@ TINY_MAX_LENGTH = 32
 
 
 def tiny_text_encoder_config(hidden_size: int = TINY_TEXT_DIM, max_length: int = TINY_MAX_LENGTH):
-    from transformers import CLIPTextConfig
-
     vocab = tiny_vocab()
     return CLIPTextConfig(
         vocab_size=len(vocab),
@@ -35,7 +35,6 @@ def tiny_text_encoder_config(hidden_size: int = TINY_TEXT_DIM, max_length: int =
 
 def tiny_vae(sample_size: int = 64, block_out_channels: tuple[int, ...] = (8, 8, 8, 8)):
     """AutoencoderKL with four encoder blocks (downsampling by 8, as in SD), 8 channels everywhere by default."""
-    from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
@@ -53,7 +52,6 @@ def tiny_vae(sample_size: int = 64, block_out_channels: tuple[int, ...] = (8, 8,
 
 def tiny_ddpm_scheduler():
     """The SD / ModelScope schedule: scaled-linear betas 0.00085 .. 0.012 over 1000 steps."""
-    from diffusers import DDPMScheduler
 
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -66,8 +64,6 @@ def tiny_ddpm_scheduler():
 
 
 def save_text_components(folder: Path, seed: int) -> None:
-    from transformers import CLIPTextModel
-
     torch.manual_seed(seed + 1)
     write_tiny_clip_tokenizer(folder / "tokenizer", model_max_length=TINY_MAX_LENGTH)
     CLIPTextModel(tiny_text_encoder_config()).save_pretrained(folder / "text_encoder")
@@ -83,7 +79,6 @@ def write_model_index(folder: Path, pipeline: str, components: dict[str, tuple[s
 
 def tiny_unet2d(**overrides):
     """A two-level ``UNet2DConditionModel`` (cross-attention on the outer level); keyword arguments override."""
-    from diffusers import UNet2DConditionModel
 
     kwargs = dict(
         sample_size=8,
@@ -123,7 +118,6 @@ def save_latent_diffusion_stack(folder: Path, seed: int, pipeline: str, unet_cla
 
 def tiny_clip_vision(**overrides):
     """A two-layer ``CLIPVisionModelWithProjection`` (width 32); keyword arguments override the config."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     kwargs = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
     kwargs.update(overrides)

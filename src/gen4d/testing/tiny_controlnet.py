@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import ControlNetModel
 
 from .components import save_latent_diffusion_stack, tiny_unet2d
 
@@ -26,7 +27,6 @@ def _unzero(module: torch.nn.Module, std: float, generator: torch.Generator) -> 
 
 def make_tiny_sd15_controlnet(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny SD 1.5 model to ``folder`` and its ControlNet to ``folder/controlnet``; returns ``folder``."""
-    from diffusers import ControlNetModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

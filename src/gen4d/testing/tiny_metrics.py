@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 import torch
+from transformers import CLIPConfig, CLIPModel
 
 from ..eval.fvd import I3D_STATE_DICT_FILE
 from ..eval.i3d import I3DWidths, InceptionI3d
@@ -30,7 +31,6 @@ LPIPS_CHANNELS = (64, 192, 384, 256, 256)
 
 def make_tiny_metric_weights(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny metric weights (see the module docstring) into ``folder``; returns it."""
-    from transformers import CLIPConfig, CLIPModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

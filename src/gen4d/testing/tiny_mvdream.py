@@ -14,7 +14,11 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..guidance.mvdream_checkpoint import MVDREAM_SD21_SCHEDULER, unet_config_from_mvdream, unet_state_dict_to_original
 from .components import tiny_vae
 from .tokenizer import tiny_vocab, write_tiny_clip_tokenizer
 
@@ -34,21 +38,13 @@ TINY_MVDREAM_UNET = {
 
 
 def tiny_mvdream_unet(seed: int = 0):
-    from diffusers import UNet2DConditionModel
-
-    from ..guidance.mvdream_checkpoint import unet_config_from_mvdream
-
     torch.manual_seed(seed)
     return UNet2DConditionModel.from_config(unet_config_from_mvdream(TINY_MVDREAM_UNET))
 
 
 def make_tiny_mvdream(folder: str | Path, seed: int = 0, unet_layout: str = "diffusers") -> Path:
     """Write a tiny MVDream to ``folder`` (diffusers layout) and return the folder."""
-    from diffusers import DDIMScheduler
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..guidance.mvdream_checkpoint import MVDREAM_SD21_SCHEDULER, unet_state_dict_to_original
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
+from diffusers import AutoencoderKL, DDPMScheduler
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .components import TINY_TEXT_DIM, tiny_unet2d
 from .tokenizer import SPECIAL, tiny_vocab, write_tiny_clip_tokenizer
@@ -26,10 +30,6 @@ def _seeded(seed: int):
 
 def make_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     """Build the tiny SD kit with fixed seeds and save it under ``folder`` (diffusers pipeline layout)."""
-    import diffusers
-    import transformers
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

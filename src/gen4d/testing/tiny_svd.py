@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
 from .components import tiny_clip_vision, write_model_index
 
@@ -16,7 +17,6 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 def make_tiny_svd(folder: str | Path, seed: int = 0) -> Path:
     """Save ``unet`` / ``vae`` / ``image_encoder`` / ``scheduler`` / ``feature_extractor`` / ``model_index.json``
     under ``folder``: VAE downsampling 8, CLIP image_size 224 (the size the pipeline resizes to), published scheduler."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import UNet3DConditionModel
 
 from .components import TINY_TEXT_DIM, save_latent_diffusion_stack
 
+
 def make_tiny_t2v(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny random text-to-video model to ``folder`` (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-    from diffusers import UNet3DConditionModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

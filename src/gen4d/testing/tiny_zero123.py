@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler
 
+from ..guidance.zero123 import CLIPCameraProjection
 from .components import tiny_clip_vision, tiny_unet2d, tiny_vae, write_model_index
 
 
 def make_tiny_zero123(folder: str | Path, seed: int = 0, embed_dim: int = 32) -> Path:
     """Save ``unet`` / ``vae`` / ``image_encoder`` / ``clip_camera_projection`` / ``scheduler`` / ``model_index.json``
     under ``folder`` (VAE downsampling 8, CLIP image_size 32, projection_dim ``embed_dim``); returns the folder."""
-    from diffusers import DDIMScheduler
 
-    from ..guidance.zero123 import CLIPCameraProjection
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ _SPATIAL_RE = re.compile(rf"^{_BLOCK}\.attentions\.\d+\.transformer_blocks\.\d+\
 _TEMPORAL_RE = re.compile(
     rf"^(?:transformer_in|{_BLOCK}\.temp_attentions\.\d+)\.transformer_blocks\.\d+\.(?:attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|{_FF})$"
 )
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+
 _SPATIAL_NAME = re.compile(r"^spatial(?:_\d+)?$")
 
 
@@ -95,8 +98,6 @@ def _kind(adapter: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- injection & state
 def _lora_layers(unet: nn.Module, adapter: str | None = None) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
-
     return [(n, m) for n, m in unet.named_modules() if isinstance(m, LoraLayer) and (adapter is None or adapter in m.lora_A)]
 
 
@@ -190,7 +191,6 @@ def inject_motion_lora(
     activity and trainability.
     Returns the target names.
     """
-    from peft import LoraConfig, inject_adapter_in_model
 
     if adapter in lora_adapters(unet):
         raise ValueError(f"LoRA adapter {adapter!r} is already injected")
@@ -235,7 +235,6 @@ def _adapter_config(unet: nn.Module, adapter: str) -> dict[str, Any]:
 
 def lora_state_dict(unet: nn.Module, adapter: str) -> dict[str, Tensor]:
     """PEFT state dict of ``adapter`` (keys without the adapter name), float32 on the CPU."""
-    from peft import get_peft_model_state_dict
 
     sd = get_peft_model_state_dict(unet, adapter_name=adapter)
     return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
@@ -244,7 +243,6 @@ def lora_state_dict(unet: nn.Module, adapter: str) -> dict[str, Tensor]:
 def load_lora_state_dict(unet: nn.Module, adapter: str, state_dict: Mapping[str, Tensor], source: str = "") -> None:
     """Copy a PEFT state dict (as :func:`lora_state_dict` returns) into the injected ``adapter``; every key must
     match the adapter's layers exactly."""
-    from peft import set_peft_model_state_dict
 
     expected = set(lora_state_dict(unet, adapter))
     given = set(state_dict)

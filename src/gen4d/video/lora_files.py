@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import Gen4DError
@@ -46,8 +48,6 @@ FORMAT = "gen4d-motion-lora"
 
 
 def _write_folder(folder: Path, tensors: dict[str, dict[str, Tensor]], adapters: dict[str, dict], meta: dict) -> Path:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     for name, sd in tensors.items():
         with atomic_path(folder / f"{name}.safetensors") as tmp:
@@ -125,8 +125,6 @@ def load_motion_lora(
     appearance-only folder has no temporal adapter). Loading into a UNet that already holds the adapter replaces
     its weights. Injected adapters have dropout 0 and ``requires_grad`` False.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     config = read_motion_lora_config(folder)

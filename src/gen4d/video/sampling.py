@@ -66,15 +66,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from rich.progress import track
 from torch import Tensor
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from .. import Gen4DError
 from ..devices import DTYPES, Precision
 from ..guidance.prompts import encode_prompt, encode_prompt_pair, expand_batch
-from ..models.registry import load_pretrained
 from ..guidance.sds import classifier_free_guidance
 from ..guidance.vae import encode_latents
+from ..models.registry import load_pretrained
 from .lora import active_lora_scales, lora_adapters, set_lora_scale
 from .lora_files import load_motion_lora
 
@@ -182,8 +184,6 @@ class TextToVideo:
     def __init__(self, model: str = "zeroscope", device: str | torch.device = "cpu", precision: Precision = "fp32", unet=None):
         """``unet``: an already loaded ``UNet3DConditionModel`` to sample with, used as it is (not moved, cast or
         frozen: e.g. the one being trained, for validation previews); None loads ``model``'s own."""
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         if precision not in DTYPES:
             raise Gen4DError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")

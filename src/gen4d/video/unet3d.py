@@ -29,6 +29,11 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from diffusers.models.resnet import TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import (
+    TransformerTemporalModel,
+    TransformerTemporalModelOutput,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -36,11 +41,6 @@ _CHECKPOINTED = "_gen4d_checkpointed_forward"
 
 
 def _temporal_classes() -> tuple[type, type]:
-    from diffusers.models.resnet import TemporalConvLayer
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
-
     return TransformerTemporalModel, TemporalConvLayer
 
 
@@ -54,10 +54,6 @@ def temporal_modules(unet: nn.Module) -> dict[str, nn.Module]:
 def _identity_forward(module: nn.Module):
     transformer_cls, _ = _temporal_classes()
     if isinstance(module, transformer_cls):
-        from diffusers.models.transformers.transformer_temporal import (
-            TransformerTemporalModelOutput,
-        )
-
         def skip_transformer(hidden_states, *args, return_dict: bool = True, **kwargs):
             return TransformerTemporalModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
 

@@ -1,0 +1,34 @@
+"""bench/gpu_check.py: the one GPU measurement command, run at tiny sizes on the CPU (``--dry-run``)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("restore_model_set")
+
+
+def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--dry-run", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    sections = record["sections"]
+    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion"}
+    assert not any("error" in s or "skipped" in s for s in sections.values())
+    # the fast backend matches the PyTorch one, forward and every gradient
+    parity = sections["rasterizer"]["parity"]
+    assert set(parity) == {"rgb", "alpha", "means", "quats", "scales", "opacities", "colors"}
+    assert max(p["max_rel_to_peak"] for p in parity.values()) < 1e-4
+    rows = sections["priors"]["rows"]
+    assert [r["prior"] for r in rows] == ["sd21", "mvdream", "zero123", "zeroscope"]
+    assert all(r["seconds_per_step"] > 0 and r["step_tflop"] > 0 for r in rows)
+    assert math.isfinite(sections["reconstruct"]["test_psnr"]) and sections["reconstruct"]["render_fps"] > 0
+    assert {r["part"] for r in sections["dg4d"]["rows"]} >= {"static", "dynamic", "exports"}
+    assert any(r["status"] == "ok" for r in sections["motion"]["training"])
+    assert "gpu_check on cpu (dry run)" in capsys.readouterr().out
