@@ -26,7 +26,7 @@ from gen4d.testing.tiny_mvdream import (
     tiny_mvdream_unet,
 )
 
-CONFIGS = Path("/work/shared/model_configs")
+CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "model_configs"  # the published configs
 
 
 @pytest.fixture(scope="module")

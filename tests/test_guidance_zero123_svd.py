@@ -18,7 +18,7 @@ from gen4d.guidance.zero123 import CLIPCameraProjection, Zero123Config, Zero123G
 from gen4d.testing.tiny_svd import make_tiny_svd
 from gen4d.testing.tiny_zero123 import make_tiny_zero123
 
-CONFIGS = Path("/work/shared/model_configs")
+CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "model_configs"  # the published configs
 
 
 # ------------------------------------------------------------------------------------------------------- Zero123

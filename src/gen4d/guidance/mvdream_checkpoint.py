@@ -36,7 +36,7 @@ LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_TEXT_PREFIX = "cond_stage_model.model."
 
-# Published MVDream architecture (ashawkey/mvdream-sd2.1-diffusers unet/config.json, see shared/model_configs).
+# Published MVDream architecture (ashawkey/mvdream-sd2.1-diffusers unet/config.json, see bench/model_configs).
 MVDREAM_SD21_UNET = {
     "attention_resolutions": [4, 2, 1],
     "camera_dim": 16,
