@@ -57,6 +57,7 @@ from torch import Tensor
 from .. import Gen4DError
 from ..cameras import Cameras, frame_times, orbit_cameras
 from ..config import config_yaml
+from ..data.frames import read_image_file
 from ..data.preprocess import composite, load_image_rgba, load_video_frames, save_rgba_png
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
@@ -304,13 +305,16 @@ def gaussians_from_ply(path: str) -> GaussianModel:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def check(cfg: DG4DConfig) -> Tensor:
-    """Validate ``cfg`` and read its input view (nothing is written); returns the input view."""
+def check(cfg: DG4DConfig) -> None:
+    """Validate ``cfg`` and that its input can be read (cheaply: no background removal; nothing is written)."""
     if cfg.mode not in ("image", "video"):
         raise Gen4DError(f"mode must be image or video, got {cfg.mode!r}")
     _check_refine(cfg.refine)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
-    return load_reference(cfg)
+    if cfg.mode == "image":
+        read_image_file(Path(cfg.input))
+    elif not Path(cfg.input).exists():
+        raise Gen4DError(f"video not found: {cfg.input}")
 
 
 def load_reference(cfg: DG4DConfig) -> Tensor:
@@ -573,7 +577,8 @@ def run_dg4d(
     ``out`` with its own configuration); None prepares ``out`` with ``cfg``. ``priors``: what builds the priors
     (the published models, or oracles in ``gen4d demo``).
     """
-    reference = check(cfg)
+    check(cfg)
+    reference = load_reference(cfg)
     device = resolve_device(cfg.device)
     if run is None:
         run = RunDir(out)

@@ -403,7 +403,6 @@ RECIPE = Recipe(
     run=run_motion_train,
     options=(Option("--prompt", "prompt", "what the video shows (else read from a .txt next to each video)"),),
     iters=lambda n: {"steps": n},
-    check=lambda cfg: (collect_clips(cfg), None)[1],
     requirements=requirements,
     headline=lambda m: f"{m['steps']} steps  {m['seconds']:.0f} s training",
     outputs=lambda out: [("motion LoRA", f"{out / 'lora'}  (use it with: gen4d motion sample \"PROMPT\" --motion {out} --out OUT)")],
