@@ -40,8 +40,8 @@ from gen4d import Gen4DError
 PARTS = ("zero123 setup", "driving", "static", "dynamic", "refine", "exports", "other")
 # --small: tiny models and a few steps of every stage, sizes the tiny models accept.
 SMALL = [
-    "size=64", "init_points=300", "static.iterations=3", "dynamic.iterations=3", "sds.views=1",
-    "static.resolution_start=64", "static.resolution_end=64", "dynamic.resolution_start=64", "dynamic.resolution_end=64",
+    "size=64", "init_points=300", "static.iterations=3", "dynamic.iterations=3", "static.views=1", "dynamic.views=1",
+    "static.resolutions=[64]", "dynamic.resolutions=[64]",
     "driving.num_frames=4", "driving.height=64", "driving.width=64", "driving.steps=2", "refine.regenerate_every=2",
     "refine.resolution=32", "export.mesh_resolution=24", "export.mesh_threshold=0.05", "export.video_size=32",
     "export.video_frames=3",

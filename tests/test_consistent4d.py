@@ -142,12 +142,12 @@ def write_dataset(root: Path, scene: Scene4D, name: str = "toy") -> Path:
 
 def write_run(run_dir: Path, scene: Scene4D, input_dir: Path, n_frames: int = T) -> Path:
     """A finished video->4D run directory as ``gen4d video`` leaves it (config, final checkpoint, driving frames)."""
-    cfg = DG4DConfig(input=str(input_dir), mode="video", size=RUN_SIZE)
+    cfg = DG4DConfig(input=str(input_dir), mode="video", size=RUN_SIZE, camera_radius=2.5)
     run = RunDir(run_dir)
     run.prepare(config_yaml(cfg), "gen4d video (test)")
     run.save_checkpoint("static", {f"model.{k}": v for k, v in scene.tensors().items() if k.startswith("gaussians.")}, {"stage": "static", "complete": True})
     run.save_checkpoint("dynamic", {f"model.{k}": v for k, v in scene.tensors().items()}, {"stage": "dynamic", "complete": True})
-    write_asset_info(run, AssetInfo(final_stage="dynamic", frames=n_frames, radius=cfg.camera_radius, deformation=dataclasses.asdict(cfg.deformation)))
+    write_asset_info(run, AssetInfo(final_stage="dynamic", frames=n_frames, radius=cfg.camera_radius, deformation=dataclasses.asdict(scene.deformation.config)))
     frames = run.stage_dir("driving") / "frames"
     frames.mkdir(parents=True)
     for i in range(n_frames):

@@ -22,9 +22,8 @@ from gen4d.runs import load_finished_run
 pytestmark = pytest.mark.usefixtures("restore_model_set")
 
 TINY = [
-    "--models", "tiny", "--quiet", "size=64", "static.iterations=4", "dynamic.iterations=4", "sds.views=1",
-    "static.resolution_start=64", "static.resolution_end=64", "dynamic.resolution_start=64",
-    "dynamic.resolution_end=64", "init_points=300", "checkpoint_every=2", "preview_every=2",
+    "--models", "tiny", "--quiet", "size=64", "static.iterations=4", "dynamic.iterations=4", "static.views=1", "dynamic.views=1",
+    "static.resolutions=[64]", "dynamic.resolutions=[64]", "init_points=300", "checkpoint_every=2", "preview_every=2",
     "export.mesh_resolution=24", "export.video_size=32", "export.video_frames=3", "export.mesh_threshold=0.05",
 ]
 
@@ -185,7 +184,7 @@ def test_dynamic_stage_follows_the_driving_video(tmp_path):
 
     out = tmp_path / "run"
     args = [
-        "--models", "tiny", "--quiet", "size=32", "sds.weight=0", "static.iterations=100", "dynamic.iterations=150",
+        "--models", "tiny", "--quiet", "size=32", "static.sds_weight=0", "dynamic.sds_weight=0", "static.iterations=100", "dynamic.iterations=150",
         "init_points=500", "export.formats=[ply]", "checkpoint_every=1000", "preview_every=1000",
     ]
     assert main(["video", str(frames_dir(tmp_path / "frames", 8)), "--out", str(out), *args]) == 0
@@ -193,7 +192,8 @@ def test_dynamic_stage_follows_the_driving_video(tmp_path):
     assert metrics["psnr"] > 22.0 and len(metrics["psnr_per_frame"]) == 8
     targets = [np.asarray(Image.open(p), dtype=np.float64)[..., 3] / 255 for p in sorted((out / "stages/driving/frames").glob("*.png"))]
     finished = load_finished_run(out, device="cpu")
-    cams = orbit_cameras([0.0] * 8, 0.0, 2.5, np.radians(49.1), 32, 32, times=frame_times(8).float())
+    radius = finished.config["camera_radius"]
+    cams = orbit_cameras([0.0] * 8, 0.0, radius, np.radians(49.1), 32, 32, times=frame_times(8).float())
     with torch.no_grad():
         alpha = finished.scene.render(cams).alpha[..., 0].numpy()
     target_x = np.array([_centroid_x(a) for a in targets])

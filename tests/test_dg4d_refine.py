@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("tiny_models")
 FROZEN = ("means", "quats", "log_scales", "opacity_logits")
 # Zero123 SDS off and short stages I-II: these tests are about stage III.
 REFINE = [
-    "sds.weight=0", "static.iterations=2", "dynamic.iterations=2", "refine.iterations=4", "refine.regenerate_every=2",
+    "static.sds_weight=0", "dynamic.sds_weight=0", "static.iterations=2", "dynamic.iterations=2", "refine.iterations=4", "refine.regenerate_every=2",
     "refine.resolution=32", "driving.steps=4", "export.formats=[ply]",
 ]
 COLOUR = torch.tensor([0.9, 0.2, 0.1])

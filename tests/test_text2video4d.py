@@ -1,6 +1,5 @@
 """Text -> video -> 4D (``text2video4d``) with tiny models, and the dependency-free plain-background segmenter."""
 
-import builtins
 import hashlib
 import json
 
@@ -18,7 +17,10 @@ from gen4d.data.preprocess import (
 from gen4d.data.videos import read_video
 from gen4d.export.animated_glb import read_animated_glb
 from gen4d.recipes import text2video4d
-from gen4d.recipes.text2video4d import build_config, resolve_segmenter, run_text2video4d
+from gen4d.data import preprocess
+from gen4d.data.preprocess import resolve_segmenter
+from gen4d.models.preflight import PackageRequirement
+from gen4d.recipes.text2video4d import build_config, run_text2video4d
 
 
 pytestmark = pytest.mark.usefixtures("tiny_models", "one_thread")
@@ -26,9 +28,8 @@ pytestmark = pytest.mark.usefixtures("tiny_models", "one_thread")
 TINY = [
     "video.prompt=a corgi running", "video.height=32", "video.width=32", "video.steps=2", "video.decode_chunk=8",
     "segmenter=plain",
-    "dg4d.size=64", "dg4d.static.iterations=2", "dg4d.dynamic.iterations=2", "dg4d.sds.views=1",
-    "dg4d.static.resolution_start=64", "dg4d.static.resolution_end=64", "dg4d.dynamic.resolution_start=64",
-    "dg4d.dynamic.resolution_end=64", "dg4d.init_points=300", "dg4d.export.mesh_resolution=24",
+    "dg4d.size=64", "dg4d.static.iterations=2", "dg4d.dynamic.iterations=2", "dg4d.static.views=1", "dg4d.dynamic.views=1",
+    "dg4d.static.resolutions=[64]", "dg4d.dynamic.resolutions=[64]", "dg4d.init_points=300", "dg4d.export.mesh_resolution=24",
     "dg4d.export.video_size=32", "dg4d.export.video_frames=3", "dg4d.export.mesh_threshold=0.05",
 ]
 
@@ -91,17 +92,14 @@ def test_plain_segmenter_in_the_video_loader(tmp_path):
 
 
 def test_segmenter_choice(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_rembg(name, *args, **kwargs):
-        if name == "rembg":
-            raise ImportError("no rembg here")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_rembg)
+    monkeypatch.setattr(preprocess, "rembg_available", lambda: False)
     assert resolve_segmenter("auto") == "plain" and resolve_segmenter("plain") == "plain"
-    with pytest.raises(Gen4DError, match="pip install rembg"):
-        resolve_segmenter("rembg")
+    # an explicit rembg is the preflight's to check: the recipe names it with its install command
+    needs = text2video4d.requirements(build_config("default", ["video.prompt=a", "segmenter=rembg"]))
+    assert any(isinstance(r, PackageRequirement) and r.module == "rembg" and "pip install" in r.install for r in needs)
+    assert not any(isinstance(r, PackageRequirement) for r in text2video4d.requirements(build_config("default", ["video.prompt=a"])))
+    monkeypatch.setattr(preprocess, "rembg_available", lambda: True)
+    assert resolve_segmenter("auto") == "rembg"
     with pytest.raises(Gen4DError, match="segmenter must be"):
         resolve_segmenter("scissors")
 
@@ -110,7 +108,7 @@ def test_build_config_shortcuts():
     cfg = build_config("fast", ["video.prompt=a"], {"seed": 3, "device": "cpu", "iters": 9})
     assert cfg.video.seed == cfg.dg4d.seed == 3 and cfg.video.device == cfg.dg4d.device == "cpu"
     assert (cfg.dg4d.static.iterations, cfg.dg4d.dynamic.iterations) == (4, 5)
-    assert cfg.dg4d.sds.views == 2  # the dg4d preset, applied to the nested config
+    assert cfg.dg4d.static.views == 4  # the dg4d preset, applied to the nested config
     assert cfg.video.prompt_suffix == ", on a white background" and cfg.dg4d.mode == "video"
 
 

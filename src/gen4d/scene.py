@@ -49,15 +49,19 @@ class Scene4D(nn.Module):
 
     def attach_deformation(self, config: DeformationConfig, seed: int, padding: float = 0.1) -> "Scene4D":
         """Add a zero-initialised deformation field (the scene still renders exactly as before) whose normalisation
-        box is the Gaussians' bounding box padded by ``padding`` of its size. Its random feature-plane init is
-        seeded here, independent of the global RNG's history, so reruns and resumed runs agree."""
+        box is the cube ``config.bounds`` or, when that is 0, the Gaussians' bounding box padded by ``padding`` of its
+        size. Its random feature-plane init is seeded here, independent of the global RNG's history, so reruns and
+        resumed runs agree."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             field = DeformationField(config)
         means = self.gaussians.params["means"].detach()
-        lo, hi = means.min(0).values, means.max(0).values
-        pad = padding * (hi - lo).clamp_min(1e-3)
-        field.set_bounds(lo - pad, hi + pad)
+        if config.bounds > 0:
+            field.set_bounds([-config.bounds] * 3, [config.bounds] * 3)
+        else:
+            lo, hi = means.min(0).values, means.max(0).values
+            pad = padding * (hi - lo).clamp_min(1e-3)
+            field.set_bounds(lo - pad, hi + pad)
         self.deformation = field.to(means.device)
         return self
 

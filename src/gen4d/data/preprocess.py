@@ -37,8 +37,10 @@ size changes across frames are kept; per-frame boxes would cancel them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,31 @@ def _check_settings(size: int, border_ratio: float, remove_background: RemoveBac
 
 
 _REMBG_SESSION = None
+REMBG_INSTALL = 'pip install "rembg[cpu]"  (or: pip install -e ".[segment]")'
+
+
+def rembg_available() -> bool:
+    """Whether rembg can be imported (without importing it: its import loads onnxruntime)."""
+    return importlib.util.find_spec("rembg") is not None
+
+
+def rembg_model_problem() -> str | None:
+    """None when rembg can run here; else what is missing: rembg downloads its u2net model on first use, which an
+    offline machine cannot do unless the file is already in ``$U2NET_HOME`` (default ``~/.u2net``)."""
+    home = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net"))
+    if (home / "u2net.onnx").exists() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return None
+    return (f"rembg's model {home / 'u2net.onnx'} is missing and this machine is offline: download it once from "
+            "https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx")
+
+
+def resolve_segmenter(name: str) -> str:
+    """``auto`` -> rembg when it is installed, else ``plain`` (:func:`segment_plain_background`, no dependency)."""
+    if name == "auto":
+        return "rembg" if rembg_available() else "plain"
+    if name not in SEGMENTERS:
+        raise Gen4DError(f"segmenter must be auto or one of {', '.join(SEGMENTERS)}, got {name!r}")
+    return name
 
 
 def _remove_background(rgb: np.ndarray, source: str) -> np.ndarray:
@@ -101,7 +128,7 @@ def _remove_background(rgb: np.ndarray, source: str) -> np.ndarray:
         import rembg  # optional dependency
     except ImportError:
         raise Gen4DError(
-            f"{source} has no alpha channel and background removal needs rembg: pip install rembg "
+            f"{source} has no alpha channel and background removal needs rembg: {REMBG_INSTALL} "
             "(or pass an RGBA image)"
         ) from None
     try:
@@ -205,6 +232,21 @@ def _to_chw(arr: np.ndarray) -> Tensor:
 # Public API
 
 
+@dataclass(frozen=True)
+class Region:
+    """The part of a source image that becomes the square canvas: ``box`` (x0, y0, x1, y1, pixel edges) in an image of
+    ``height x width``. :meth:`scaled` maps it onto another image of the same framing at another resolution."""
+
+    box: Box
+    height: int
+    width: int
+
+    def scaled(self, height: int, width: int) -> Box:
+        sx, sy = width / self.width, height / self.height
+        x0, y0, x1, y1 = self.box
+        return x0 * sx, y0 * sy, x1 * sx, y1 * sy
+
+
 def load_image_rgba(
     path: str | os.PathLike,
     size: int = 256,
@@ -212,12 +254,14 @@ def load_image_rgba(
     recenter: bool = True,
     remove_background: RemoveBackground = "auto",
     segmenter: str = "rembg",
-) -> Tensor:
+    return_region: bool = False,
+) -> Tensor | tuple[Tensor, Region]:
     """Load the input image of an image→4D run as a float32 RGBA tensor ``[4, size, size]`` in ``[0, 1]``.
 
     See the module docstring for how the foreground is found and recentred, and ``segmenter``. Raises
     :class:`Gen4DError` for a missing file, a file that is not an image, a missing rembg when it is needed, and
-    an image without foreground (``no foreground: ...``).
+    an image without foreground (``no foreground: ...``). ``return_region``: also return the :class:`Region` of the
+    image that was used (to frame other images, e.g. a driving video, the same way).
     """
     _check_settings(size, border_ratio, remove_background, segmenter)
     path = Path(path)
@@ -226,12 +270,14 @@ def load_image_rgba(
         rgba = _cut_out(rgba, str(path), segmenter)
         meaningful = True
     if not meaningful:  # remove_background=False on an opaque image: keep it opaque, centre-crop to a square
-        return _to_chw(_resample(rgba, _square_region(*rgba.shape[:2], fit="crop"), size))
-    box = _foreground_box(rgba[..., 3])
-    if box is None:
-        raise Gen4DError(f"no foreground: {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})")
-    region = _recentre_region(box, size, border_ratio) if recenter else _square_region(*rgba.shape[:2], fit="pad")
-    return _to_chw(_resample(rgba, region, size))
+        box = _square_region(*rgba.shape[:2], fit="crop")
+    else:
+        found = _foreground_box(rgba[..., 3])
+        if found is None:
+            raise Gen4DError(f"no foreground: {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})")
+        box = _recentre_region(found, size, border_ratio) if recenter else _square_region(*rgba.shape[:2], fit="pad")
+    image = _to_chw(_resample(rgba, box, size))
+    return (image, Region(box, *rgba.shape[:2])) if return_region else image
 
 
 def load_video_frames(
@@ -243,6 +289,7 @@ def load_video_frames(
     remove_background: RemoveBackground = "auto",
     segmenter: str = "rembg",
     recenter: bool = True,
+    region: Region | None = None,
 ) -> Tensor:
     """Load the input video of a video→4D run as a float32 RGBA tensor ``[T, 4, size, size]`` in ``[0, 1]``.
 
@@ -252,7 +299,8 @@ def load_video_frames(
     are kept, at most ``max_frames`` of them. All frames share one crop box and scale (the union of their
     foreground boxes). ``segmenter``: what removes the background (module docstring). Raises
     :class:`Gen4DError` for a missing path, a folder without images, frames of different sizes, fewer than 2
-    frames, and no foreground in any frame. ``recenter=False`` keeps the frames' framing (padded to a square).
+    frames, and no foreground in any frame. ``recenter=False`` keeps the frames' framing (padded to a square);
+    ``region`` crops every frame as another image was cropped (e.g. a driving video framed like its input image).
     """
     _check_settings(size, border_ratio, remove_background, segmenter)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
@@ -298,18 +346,20 @@ def load_video_frames(
         frames = [_cut_out(f, n, segmenter) for f, n in zip(frames, names)]
         meaningful = True
     height, width = frames[0].shape[:2]
-    if not meaningful:  # remove_background=False on opaque frames: keep them opaque, centre-crop to a square
-        region = _square_region(height, width, fit="crop")
+    if region is not None:
+        box_region = region.scaled(height, width)
+    elif not meaningful:  # remove_background=False on opaque frames: keep them opaque, centre-crop to a square
+        box_region = _square_region(height, width, fit="crop")
     else:
         box = _union([_foreground_box(f[..., 3]) for f in frames])
         if box is None:
             raise Gen4DError(
                 f"no foreground: every frame of {path} is fully transparent (no pixel with alpha > {ALPHA_THRESHOLD})"
             )
-        region = _recentre_region(box, size, border_ratio) if recenter else _square_region(height, width, fit="pad")
+        box_region = _recentre_region(box, size, border_ratio) if recenter else _square_region(height, width, fit="pad")
     out = torch.empty(len(frames), 4, size, size, dtype=torch.float32)
     for i, f in enumerate(frames):
-        out[i] = _to_chw(_resample(f, region, size))
+        out[i] = _to_chw(_resample(f, box_region, size))
     return out
 
 

@@ -32,6 +32,7 @@ from .. import Gen4DError
 from ..cameras import Cameras
 from ..guidance.base import DiffusionGuidance
 from ..guidance.prompts import PromptEmbeddings
+from ..guidance.sds import TimestepSchedule
 from ..scene import Scene4D
 from ..training.loop import StepLosses
 from ..training.losses import regulariser_losses
@@ -56,13 +57,15 @@ class GuidanceTerm:
     views: ViewSampling
     weight: Schedule = 1.0
     per_view: bool = False
-    """Divide the loss by the number of views (a weight per view instead of per step)."""
+    """Divide the loss by the number of rendered images (a weight per view instead of per step)."""
     resolution: int | tuple[int, int] | Callable[[int], int | tuple[int, int]] = 256
     """Render size: a square side, ``(width, height)``, or a function of the step."""
     groups: tuple[str, ...] | None = None
     """Parameter groups the term may update (None: all)."""
     probability: float = 1.0
     """Relative probability of the term under the ``one`` rule."""
+    timesteps: TimestepSchedule | None = None
+    """The term's timestep schedule (its steps count within the stage); None: the prior's own."""
     lr_scale: dict[str, float] = field(default_factory=dict)
     """Optimiser name -> learning-rate factor on the steps this term runs (``one`` rule)."""
     prompt: PromptEmbeddings | None = None
@@ -71,8 +74,8 @@ class GuidanceTerm:
     ``select(index)``)."""
     deform: bool = True
     """Render through the deformation field (False: the canonical Gaussians, e.g. a static stage)."""
-    densify: bool = False
-    """Feed this term's render statistics to the densification strategy."""
+    densify: bool = True
+    """Feed this term's render statistics (screen-space gradients of its views) to the densification strategy."""
 
 
 @dataclass
@@ -184,7 +187,8 @@ class ScoreDistillation:
                     reference_time: float | None):
         size = at(term.resolution, step)
         width, height = (size, size) if isinstance(size, int) else size
-        views = sample_views(term.views, generator, width, height, reference_time)
+        reference_times = None if self.reference is None else self.reference.cameras.times
+        views = sample_views(term.views, generator, width, height, reference_time, reference_times)
         device = scene.gaussians.params["means"].device
         cams = views.cameras.to(device)
         out = scene.render(cams, background=background, deform=term.deform)
@@ -196,7 +200,7 @@ class ScoreDistillation:
             frame = (cams.times * (len(reference) - 1)).round().long().clamp(0, len(reference) - 1)
             reference = reference.select(frame.cpu())
         cond = views.conditioning(prompt=term.prompt, reference=reference, num_views=term.views.views)
-        return term.prior(images, cond, step, generator), out.meta
+        return term.prior(images, cond, step, generator, schedule=term.timesteps), out.meta, len(cams)
 
     # ------------------------------------------------------------------------------------------------ a step
     def __call__(self, scene: Scene4D, step: int, generator: torch.Generator) -> StepLosses:
@@ -204,12 +208,13 @@ class ScoreDistillation:
         background = None if self.background is None else self.background.to(device)
         losses: dict[str, Tensor] = {}
         routes: dict[str, list[Tensor]] = {}
-        meta, reference_time = None, None
+        metas: list[dict] = []
+        reference_time = None
         if self.reference is not None:
             ref_losses, ref_meta, reference_time = self.reference_losses(scene, step, generator, background)
             losses.update(ref_losses)
             if self.reference.densify:
-                meta = ref_meta
+                metas.append(ref_meta)
             if self.reference.groups is not None:
                 params = self._params(scene, self.reference.groups)
                 routes.update({k: params for k in ref_losses})
@@ -219,16 +224,16 @@ class ScoreDistillation:
             if not w:
                 continue
             self.history[term.name] += 1
-            out, term_meta = self.term_losses(term, scene, step, generator, background, reference_time)
-            if term.densify and meta is None:
-                meta = term_meta
+            out, term_meta, n_images = self.term_losses(term, scene, step, generator, background, reference_time)
+            if term.densify:
+                metas.append(term_meta)
             for key, value in out.items():
                 if key == term.prior.loss_name:
-                    losses[term.name] = w * value / term.views.views if term.per_view else w * value
+                    losses[term.name] = w * value / n_images if term.per_view else w * value
                     if term.groups is not None:
                         routes[term.name] = self._params(scene, term.groups)
                 else:  # e.g. VSD's LoRA loss: unweighted, it reaches only the prior's own parameters
                     losses[f"{term.name}_{key.removeprefix('loss_')}"] = value
             lr_scale.update(term.lr_scale)
         losses.update(regulariser_losses(scene, self.regularisers))
-        return StepLosses(losses, meta, routes or None, lr_scale or None)
+        return StepLosses(losses, metas or None, routes or None, lr_scale or None)

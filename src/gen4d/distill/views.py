@@ -18,7 +18,7 @@ from .. import Gen4DError
 from ..cameras import Cameras, frame_times, intrinsics_from_fov, orbit_cameras
 from ..guidance.base import Conditioning
 
-TIME_MODES = ("zero", "shared", "per_view", "reference", "clip")
+TIME_MODES = ("zero", "shared", "per_view", "reference", "frames", "clip")
 
 
 @dataclass
@@ -40,8 +40,9 @@ class ViewSampling:
     """Range of horizontal fields of view."""
     times: str = "shared"
     """zero: the canonical time 0 | shared: one random time for all views of the step | per_view: a random time
-    per view | reference: the time of the step's reference frame (image recipes fitting a driving video) | clip:
-    ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors)."""
+    per view | reference: the time of the step's reference frame (image recipes fitting a driving video) |
+    frames: ``views`` random cameras at every reference frame's time (DreamGaussian4D's 4D stage; view-major) |
+    clip: ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors)."""
     frames: int = 16
     """Frames per clip (``times=clip``)."""
 
@@ -85,9 +86,14 @@ def _uniform(lo: float, hi: float, n: int, generator: torch.Generator) -> Tensor
 
 
 def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height: int,
-                 reference_time: float | None = None) -> ViewBatch:
-    """Draw one step's views of ``s`` at ``width x height`` pixels (``reference_time`` for ``times=reference``)."""
+                 reference_time: float | None = None, reference_times: Tensor | None = None) -> ViewBatch:
+    """Draw one step's views of ``s`` at ``width x height`` pixels (``reference_time`` for ``times=reference``,
+    the reference frames' ``reference_times [T]`` for ``times=frames``)."""
     n = s.views
+    if s.times == "frames":
+        if reference_times is None:
+            raise ValueError("times=frames needs the reference frames' times (a stage with reference views)")
+        n = s.views * len(reference_times)
     if s.azimuth_layout == "even":
         start = _uniform(*s.azimuth_deg, 1, generator)
         az = start + torch.arange(n, dtype=torch.float32) * (360.0 / n)
@@ -103,6 +109,8 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         times = float(torch.rand((), generator=generator))
     elif s.times == "per_view":
         times = torch.rand(n, generator=generator)
+    elif s.times == "frames":
+        times = reference_times.float().cpu().repeat(s.views)
     elif s.times == "reference":
         if reference_time is None:
             raise ValueError("times=reference needs the step's reference frame (a stage with reference views)")
@@ -112,7 +120,7 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         radius = None if radius is None else radius.repeat_interleave(frames)
         fov = None if fov is None else fov.repeat_interleave(frames)
         times = frame_times(frames).float().repeat(n)
-    N = n * frames
+    N = len(az)
     r_arg = s.radius[0] if radius is None else radius
     fov0 = math.radians(s.fov_deg[0])
     cams = orbit_cameras(az, el, r_arg, fov0, width, height, times=times)

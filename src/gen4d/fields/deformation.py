@@ -32,6 +32,10 @@ class DeformationConfig:
     deform_opacity: bool = False
     """Also predict an opacity-logit offset (otherwise ``Deformation.d_opacity_logits`` is ``None``)."""
 
+    bounds: float = 0.0
+    """Half-size of a fixed normalisation cube ``[-bounds, bounds]^3`` (DreamGaussian4D's ``bounds: 1.6``);
+    0: the canonical Gaussians' bounding box, padded (see :meth:`gen4d.scene.Scene4D.attach_deformation`)."""
+
 
 @dataclass
 class Deformation:

@@ -43,7 +43,10 @@ class DensifyConfig:
     prune_opacity: float = 0.005
     """Gaussians less opaque than this are removed."""
     prune_scale3d: float = 0.1
-    """After the first opacity reset, Gaussians larger than this fraction of the scene extent are removed."""
+    """After the first opacity reset (or always, with ``prune_large_always``), Gaussians larger than this fraction
+    of the scene extent are removed."""
+    prune_large_always: bool = False
+    """Remove the large Gaussians at every refinement, not only after an opacity reset (DreamGaussian)."""
     max_gaussians: int = 1_000_000
     """Hard cap on the number of Gaussians; growth takes the largest gradients first when the cap binds."""
 
@@ -144,20 +147,24 @@ class DensifyStrategy:
         self.grad2d = state.get("grad2d")
         self.count = state.get("count")
 
-    def step_pre_backward(self, info: dict) -> None:
-        means2d = info["means2d"]
-        if means2d.requires_grad:
-            means2d.retain_grad()
+    def step_pre_backward(self, info: dict | list[dict]) -> None:
+        """``info``: the render metadata of the step, or a list of them (every render whose screen-space gradients
+        should count: e.g. the reference view and the score-distillation views)."""
+        for meta in info if isinstance(info, list) else [info]:
+            means2d = meta["means2d"]
+            if means2d.requires_grad:
+                means2d.retain_grad()
 
     @torch.no_grad()
     def step_post_backward(
-        self, model: GaussianModel, optimizers: dict, step: int, info: dict, generator: torch.Generator | None = None
+        self, model: GaussianModel, optimizers: dict, step: int, info: dict | list[dict], generator: torch.Generator | None = None
     ) -> dict[str, int]:
         """Accumulate statistics, then grow / prune / reset on schedule. Returns counts of what changed."""
         cfg = self.config
         if step >= cfg.refine_stop:
             return {}
-        self._accumulate(info, len(model))
+        for meta in info if isinstance(info, list) else [info]:
+            self._accumulate(meta, len(model))
         report: dict[str, int] = {}
         if step > cfg.refine_start and step % cfg.refine_every == 0:
             report.update(self._grow(model, optimizers, generator))
@@ -210,7 +217,7 @@ class DensifyStrategy:
         cfg = self.config
         opacity = torch.sigmoid(model.params["opacity_logits"])
         mask = opacity < cfg.prune_opacity
-        if cfg.reset_opacity_every > 0 and step > cfg.reset_opacity_every:
+        if cfg.prune_large_always or (cfg.reset_opacity_every > 0 and step > cfg.reset_opacity_every):
             mask |= torch.exp(model.params["log_scales"]).max(dim=-1).values > cfg.prune_scale3d * self.scene_extent
         if bool(mask.all()):
             mask[torch.argmax(opacity)] = False  # never prune the scene to nothing

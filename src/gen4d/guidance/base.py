@@ -186,8 +186,11 @@ class DiffusionGuidance(nn.Module):
         """The execution device (networks offloaded to the CPU still run here)."""
         return self.alphas_cumprod.device
 
-    def sample_timesteps(self, step: int, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.config.timesteps.sample(step, self.num_train_timesteps, batch, generator, self.alphas_cumprod.device)
+    def sample_timesteps(self, step: int, batch: int, generator: torch.Generator | None = None,
+                         schedule: TimestepSchedule | None = None) -> Tensor:
+        """Timesteps of ``schedule`` (default: the prior's own) at optimisation step ``step``."""
+        schedule = schedule if schedule is not None else self.config.timesteps
+        return schedule.sample(step, self.num_train_timesteps, batch, generator, self.alphas_cumprod.device)
 
     def add_noise(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """``x_t = sqrt(a_t) x + sqrt(1 - a_t) eps``."""
@@ -208,14 +211,15 @@ class DiffusionGuidance(nn.Module):
         return x0_loss(x, x_t, eps_hat, a, eps_cond=eps_cond, std_rescale=self.config.std_rescale, group=group)
 
     def draw(self, x: Tensor, step: int, group: int, generator: torch.Generator | None,
-             t: Tensor | int | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             t: Tensor | int | None = None, noise: Tensor | None = None,
+             schedule: TimestepSchedule | None = None) -> tuple[Tensor, Tensor]:
         """Timesteps ``[B]`` (one per ``group`` consecutive samples) and noise like ``x``; given values are used
         as they are (tests, deterministic evaluation). Drawn in this order: t, then noise."""
         B = x.shape[0]
         if B % group:
             raise ValueError(f"a batch of {B} is not a whole number of groups of {group}")
         if t is None:
-            t = self.sample_timesteps(step, B // group, generator).repeat_interleave(group)
+            t = self.sample_timesteps(step, B // group, generator, schedule).repeat_interleave(group)
         t = torch.as_tensor(t, dtype=torch.long, device=self.alphas_cumprod.device).reshape(-1).expand(B)
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else None)
@@ -224,16 +228,17 @@ class DiffusionGuidance(nn.Module):
     # ------------------------------------------------------------------------------------------------ the step
     def forward(self, renders: Tensor, cond: Conditioning | None = None, step: int = 0,
                 generator: torch.Generator | None = None, *, t: Tensor | int | None = None,
-                noise: Tensor | None = None) -> dict[str, Tensor]:
+                noise: Tensor | None = None, schedule: TimestepSchedule | None = None) -> dict[str, Tensor]:
         """The distillation step (module doc) on ``renders``; returns ``{loss_name: loss, **extra_losses}``.
 
-        ``t`` (``[B]`` or one value) and ``noise`` (shaped like the encoded sample) replace the random draws.
+        ``t`` (``[B]`` or one value) and ``noise`` (shaped like the encoded sample) replace the random draws;
+        ``schedule`` replaces the prior's timestep schedule for this call (a stage with its own step count).
         """
         cond = cond if cond is not None else Conditioning()
         self.last_info = {}  # encode_renders may record what it chose (e.g. the frames that carry a gradient)
         x = self.encode_renders(renders, cond, generator).float()
         group = self.timestep_group(cond, x)
-        t, noise = self.draw(x, step, group, generator, t, noise)
+        t, noise = self.draw(x, step, group, generator, t, noise, schedule)
         with torch.no_grad():
             x_t = self.add_noise(x.detach(), noise, t)
             eps_cond, eps_uncond = self.predict_noise(x_t, t, cond)

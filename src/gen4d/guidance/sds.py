@@ -59,6 +59,10 @@ class TimestepSchedule:
     """Optimisation step where annealing begins."""
     anneal_end: int = 0
     """Optimisation step where annealing ends (<= anneal_start: no annealing)."""
+    deterministic: bool = False
+    """DreamGaussian's schedule instead of sampling: one ``t = round((1 - r) T)`` for the whole batch, clipped to
+    ``[int(min_start T), int(max_start T)]``, where ``r = min(1, (step + 1) / anneal_end)`` (DreamGaussian counts
+    steps from 1: its last step has ``r = 1`` and the lowest ``t``)."""
 
     def bounds(self, step: int) -> tuple[float, float]:
         if self.anneal_end <= self.anneal_start:
@@ -77,7 +81,12 @@ class TimestepSchedule:
         return max(0, t_min), min(num_train_timesteps - 1, max(t_min, t_max))
 
     def sample(self, step: int, num_train_timesteps: int, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        """``[batch]`` int64 timesteps uniform in the range at ``step``."""
+        """``[batch]`` int64 timesteps: uniform in the range at ``step``, or DreamGaussian's one (``deterministic``)."""
+        if self.deterministic:
+            r = min(1.0, (step + 1) / max(self.anneal_end, 1))
+            lo, hi = int(num_train_timesteps * self.min_start), int(num_train_timesteps * self.max_start)
+            t = min(max(round((1.0 - r) * num_train_timesteps), lo), hi)
+            return torch.full((batch,), t, dtype=torch.long, device=device)
         t_min, t_max = self.integer_bounds(step, num_train_timesteps)
         return torch.randint(t_min, t_max + 1, (batch,), generator=generator).to(device)
 

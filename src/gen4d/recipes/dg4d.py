@@ -58,7 +58,15 @@ from .. import Gen4DError
 from ..cameras import Cameras, frame_times, orbit_cameras
 from ..config import config_yaml
 from ..data.frames import read_image_file
-from ..data.preprocess import composite, load_image_rgba, load_video_frames, save_rgba_png
+from ..data.preprocess import (
+    REMBG_INSTALL,
+    composite,
+    load_image_rgba,
+    load_video_frames,
+    rembg_model_problem,
+    resolve_segmenter,
+    save_rgba_png,
+)
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
 from ..distill.views import ViewSampling
@@ -68,6 +76,7 @@ from ..export.ply import load_inria_ply
 from ..export.scene import ExportConfig
 from ..export.video import write_video
 from ..fields.deformation import DeformationConfig
+from ..fields.hexplane import HexPlaneConfig
 from ..files import atomic_path
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
@@ -94,9 +103,9 @@ class DrivingVideoConfig:
     """Stable Video Diffusion weights (registry name, Hub id or folder)."""
     num_frames: int = 14
     """Frames to generate (any count)."""
-    height: int = 576
-    """Generation height in pixels (square by default: the recentred input image is square)."""
-    width: int = 576
+    height: int = 512
+    """Generation height in pixels (DreamGaussian4D's ``gen_vid.py``: 512 x 512 from the input at that size)."""
+    width: int = 512
     """Generation width in pixels."""
     steps: int = 25
     """Denoising steps."""
@@ -106,9 +115,11 @@ class DrivingVideoConfig:
     """SVD frame-rate conditioning."""
     noise_aug_strength: float = 0.02
     """Noise added to the conditioning image."""
-    alpha: str = "rembg"
-    """Foreground masks of generated frames: rembg (background removal) | reference (the image's mask for every
-    frame; no extra dependency, but the silhouette cannot move)."""
+    alpha: str = "auto"
+    """Foreground masks of generated (or RGB) driving frames: auto (rembg when it is installed, else plain) | rembg
+    (background removal, DreamGaussian4D's) | plain (the background colour estimated from the frame border; SVD
+    animates the input on white, so its frames have a plain background; no dependency) | reference (the input's mask
+    on every frame: the silhouette cannot move)."""
     decode_chunk: int = 0
     """Frames the VAE decodes at a time (here and in ``refine``); 0: all at once, as the diffusers pipeline does
     (best temporal consistency); lower it to cut peak memory."""
@@ -116,47 +127,55 @@ class DrivingVideoConfig:
 
 @dataclass
 class SDSConfig:
-    """Zero123 score distillation at random views."""
+    """Zero123 score distillation at random views (settings shared by the static and dynamic stages)."""
 
     model: str = "zero123-xl"
-    """Zero123 weights (registry name, Hub id or folder)."""
+    """Zero123 weights (registry name, Hub id or folder; DreamGaussian4D: ashawkey/zero123-xl-diffusers)."""
     guidance_scale: float = 5.0
-    """Classifier-free guidance scale (DreamGaussian's image-to-3D stage)."""
-    weight: float = 1.0
-    """Weight of the SDS loss (per view, averaged over the batch)."""
-    views: int = 4
-    """Random views per step."""
+    """Classifier-free guidance scale (DreamGaussian's)."""
     min_elevation: float = -30.0
     """Lowest random-view elevation in degrees."""
     max_elevation: float = 30.0
     """Highest random-view elevation in degrees."""
-    t_max_start: float = 0.98
-    """Upper bound of t / T at the start of each stage, annealed linearly to ``t_max_end``."""
-    t_max_end: float = 0.5
-    """Upper bound of t / T at the end of each stage."""
     t_min: float = 0.02
     """Lower bound of t / T."""
+    schedule: str = "dreamgaussian"
+    """dreamgaussian: one t per step, ``round((1 - r) T)`` clipped to ``[t_min, t_max]`` with ``r`` the stage's
+    progress (DreamGaussian's annealing) | uniform: t drawn uniformly in ``[t_min, t_max]``."""
 
 
 @dataclass
 class StageSettings:
-    """One optimisation stage."""
+    """One optimisation stage (defaults: DreamGaussian's image-to-3D stage, ``configs/image.yaml``)."""
 
     iterations: int = 500
     """Steps."""
+    views: int = 16
+    """Random Zero123 views per step (the dynamic stage: per driving frame, see ``sds_times``)."""
+    sds_weight: float = 1.0
+    """Weight of the Zero123 SDS loss, averaged over the rendered views (``lambda_zero123``)."""
+    t_max: float = 0.98
+    """Upper bound of t / T (the 4D stage's ``t_max``: 0.5)."""
+    sds_times: str = "reference"
+    """Dynamic stage: frames (``views`` random cameras at every driving frame's time, each conditioned on its frame:
+    DreamGaussian4D) | reference (the views at the time of the step's first fitted frame)."""
     rgb_weight: float = 10_000.0
     """Weight of the reference-view MSE on colour."""
     mask_weight: float = 1_000.0
-    """Weight of the reference-view MSE on alpha."""
-    resolution_start: int = 128
-    """Render resolution of the random views at the start of the stage."""
-    resolution_end: int = 512
-    """Render resolution at the end (a linear ramp, rounded to multiples of 16)."""
+    """Weight of the reference-view MSE on alpha (DreamGaussian4D's 4D stage has none: 0)."""
+    ramp_reference: bool = True
+    """Multiply the reference weights by the stage's progress ``r = step / iterations`` (DreamGaussian's)."""
+    radius_jitter: float = 0.5
+    """Random views at ``camera_radius`` plus or minus this (DreamGaussian: 0.5; its 4D stage: 0)."""
+    resolutions: list[int] = field(default_factory=lambda: [128, 256, 512])
+    """Render resolutions of the random views, switched at the progress values in ``resolution_switches``."""
+    resolution_switches: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    """Progress ``r`` at which the next resolution starts (DreamGaussian: 128 until 0.3, 256 until 0.6, then 512)."""
     train_gaussians: bool = True
     """Also optimise the Gaussians (in the dynamic stage: False trains the deformation field alone)."""
-    frames_per_step: int = 1
+    frames_per_step: int = 0
     """Dynamic stage: driving frames fitted at the input camera per step, drawn without replacement (0: all of
-    them, DreamGaussian4D's batch); the random SDS views take the time of the first one."""
+    them, DreamGaussian4D's batch)."""
 
 
 @dataclass
@@ -211,8 +230,8 @@ class DG4DConfig:
     precision: str = "auto"
     """Weights and activations of Zero123 and SVD: auto (fp16 on CUDA, as DreamGaussian4D runs both; fp32 on the
     CPU) | fp32 | fp16 | bf16."""
-    camera_radius: float = 2.5
-    """Distance of every camera from the origin."""
+    camera_radius: float = 2.0
+    """Distance of the input camera from the origin (and the mean distance of the random views)."""
     fov_deg: float = 49.1
     """Field of view of every camera (DreamGaussian's)."""
     init_points: int = 5000
@@ -225,16 +244,25 @@ class DG4DConfig:
     driving: DrivingVideoConfig = field(default_factory=DrivingVideoConfig)
     sds: SDSConfig = field(default_factory=SDSConfig)
     static: StageSettings = field(default_factory=StageSettings)
-    # DreamGaussian4D's 4D stage (configs/4d.yaml): 200 steps over a batch of every driving frame, Gaussians
-    # frozen (train_geo: False), constant deformation learning rates (grid 6.4e-3, MLP 6.4e-4).
+    # DreamGaussian4D's 4D stage (configs/4d.yaml): 200 steps over every driving frame, 4 Zero123 views at every
+    # frame (weight 4, t <= 0.5), the reference colour only, no radius jitter, Gaussians frozen (train_geo: False)
     dynamic: StageSettings = field(default_factory=lambda: StageSettings(
-        iterations=200, resolution_start=256, resolution_end=256, train_gaussians=False, frames_per_step=0))
+        iterations=200, views=4, sds_weight=4.0, t_max=0.5, sds_times="frames", mask_weight=0.0, radius_jitter=0.0,
+        train_gaussians=False))
+    # position 1e-3 x spatial_lr_scale 10 (DreamGaussian's random init), decaying to 2e-5 x 10; deformation
+    # constant (grid 6.4e-3, MLP 6.4e-4)
     lr: LearningRates = field(default_factory=lambda: LearningRates(
-        means=1e-3 / 2.5, means_final=2e-5 / 2.5, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005,
+        means=1e-2, means_final=2e-4, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005,
         grid=6.4e-3, grid_final=6.4e-3, mlp=6.4e-4, mlp_final=6.4e-4))
-    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(refine_start=100, refine_every=50, grow_grad2d=0.0002, reset_opacity_every=0, max_gaussians=50_000))
+    # every 100 steps through the whole static stage; split / clone at scale 0.1 x extent 0.5; prune opacity < 0.01
+    # and world size > 0.05 at every refinement
+    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(
+        refine_start=0, refine_every=100, grow_grad2d=0.05, grow_scale3d=0.05, prune_opacity=0.01, prune_scale3d=0.05,
+        prune_large_always=True, reset_opacity_every=0, max_gaussians=50_000))
     refine: RefineConfig = field(default_factory=RefineConfig)
-    deformation: DeformationConfig = field(default_factory=DeformationConfig)
+    # DreamGaussian4D's field: K-planes [32, 32, 32, 12], one scale, 32 features, a fixed box of +-1.6
+    deformation: DeformationConfig = field(default_factory=lambda: DeformationConfig(
+        hexplane=HexPlaneConfig(feature_dim=32, resolution=(32, 32, 32, 12), multires=(1,)), bounds=1.6))
     export: ExportConfig = field(default_factory=lambda: ExportConfig(video_size=256))
     checkpoint_every: int = 100
     """Steps between checkpoints."""
@@ -245,9 +273,11 @@ class DG4DConfig:
 PRESETS: dict[str, list[str]] = {
     "default": [],
     # Fewer views and steps: a quick look.
-    "fast": ["static.iterations=250", "dynamic.iterations=100", "sds.views=2", "static.resolution_end=256"],
-    # Lower peak memory: one random view per step, lower render resolution, SVD decoding 2 frames at a time.
-    "low-memory": ["sds.views=1", "static.resolution_end=256", "driving.decode_chunk=2"],
+    "fast": ["static.iterations=250", "static.views=4", "static.resolutions=[128,256]", "dynamic.iterations=100",
+             "dynamic.views=1"],
+    # Lower peak memory: fewer random views per step, renders up to 256, SVD decoding 2 frames at a time.
+    "low-memory": ["static.views=4", "static.resolutions=[128,256]", "dynamic.views=1", "dynamic.resolutions=[128,256]",
+                   "driving.decode_chunk=2"],
 }
 
 
@@ -257,20 +287,24 @@ def iters_overrides(iters: int) -> dict:
 
 
 def requirements(cfg: DG4DConfig) -> list[Requirement]:
-    """What a run of ``cfg`` loads: Zero123 always; SVD when it generates the driving video or refines; rembg when
-    it cuts out generated frames with it."""
+    """What a run of ``cfg`` loads: Zero123 always; SVD when it generates the driving video or refines; rembg (and its
+    model) when the driving frames are cut out with it."""
     needs: list[Requirement] = [ModelRequirement(cfg.sds.model, "score distillation (Zero123)")]
     generates = cfg.mode == "image" and not cfg.driving.path
     if generates or cfg.refine.iterations > 0:
         needs.append(ModelRequirement(cfg.driving.model, "the driving video / stage III (Stable Video Diffusion)"))
-    if generates and cfg.driving.alpha == "rembg":
-        needs.append(PackageRequirement("rembg", "pip install rembg", "cutting out the generated driving frames (or driving.alpha=reference)"))
+    if cfg.mode == "image" and alpha_method(cfg) == "rembg":
+        needs.append(PackageRequirement("rembg", REMBG_INSTALL, "cutting out the driving frames (or driving.alpha=plain)",
+                                        rembg_model_problem))
     return needs
 
 
-def _ramp(step: int, total: int, lo: int, hi: int) -> int:
-    f = step / max(total - 1, 1)
-    return max(16, round((lo + f * (hi - lo)) / 16) * 16)
+def stepped_resolution(step: int, settings: StageSettings) -> int:
+    """DreamGaussian's render resolution: ``resolutions[k]`` where k counts the switches the progress
+    ``(step + 1) / iterations`` has passed (128 / 256 / 512 at 0.3 and 0.6)."""
+    r = (step + 1) / max(settings.iterations, 1)
+    k = sum(r >= s for s in settings.resolution_switches)
+    return settings.resolutions[min(k, len(settings.resolutions) - 1)]
 
 
 def load_svd(cfg: DG4DConfig, device: torch.device) -> StableVideoDiffusion:
@@ -310,6 +344,7 @@ def check(cfg: DG4DConfig) -> None:
     if cfg.mode not in ("image", "video"):
         raise Gen4DError(f"mode must be image or video, got {cfg.mode!r}")
     _check_refine(cfg.refine)
+    alpha_method(cfg)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     if cfg.mode == "image":
         read_image_file(Path(cfg.input))
@@ -324,37 +359,57 @@ def load_reference(cfg: DG4DConfig) -> Tensor:
     return load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)[0]
 
 
-def _make_driving_frames(cfg: DG4DConfig, run: RunDir, reference: torch.Tensor, device: torch.device) -> torch.Tensor:
+ALPHA_METHODS = ("auto", "rembg", "plain", "reference")
+
+
+def alpha_method(cfg: DG4DConfig) -> str:
+    """The segmenter of the driving frames (``driving.alpha``, ``auto`` resolved)."""
+    if cfg.driving.alpha not in ALPHA_METHODS:
+        raise Gen4DError(f"driving.alpha must be one of {', '.join(ALPHA_METHODS)}, got {cfg.driving.alpha!r}")
+    return "reference" if cfg.driving.alpha == "reference" else resolve_segmenter(cfg.driving.alpha)
+
+
+def _make_driving_frames(cfg: DG4DConfig, folder: Path, reference: Tensor, device: torch.device, say) -> Tensor:
+    """The driving frames ``[T, 4, S, S]``, framed like the input view: in image mode frame 0 lines up with it."""
     d = cfg.driving
     if cfg.mode == "video":
-        frames = load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
-    elif d.path:
-        frames = load_video_frames(d.path, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
+        return load_video_frames(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
+    method = alpha_method(cfg)
+    segmenter = "plain" if method == "reference" else method
+    if d.path:  # a given video of the input: cropped as the input image was
+        _, region = load_image_rgba(cfg.input, size=cfg.size, border_ratio=cfg.border_ratio, recenter=cfg.recenter, return_region=True)
+        frames = load_video_frames(d.path, size=cfg.size, border_ratio=cfg.border_ratio, region=region, segmenter=segmenter)
     else:
+        # SVD animates the input framed like the reference view, at its own resolution (not the 256-px reference
+        # upsampled), so its frames are used whole
+        side = max(d.height, d.width)
+        conditioning = load_image_rgba(cfg.input, size=side, border_ratio=cfg.border_ratio, recenter=cfg.recenter)
         svd = load_svd(cfg, device)
         video = svd.generate_video(
-            composite(reference)[None].to(device), num_frames=d.num_frames, height=d.height, width=d.width, steps=d.steps,
+            composite(conditioning)[None].to(device), num_frames=d.num_frames, height=d.height, width=d.width, steps=d.steps,
             motion_bucket_id=d.motion_bucket_id, fps=d.fps, noise_aug_strength=d.noise_aug_strength, seed=cfg.seed,
             decode_chunk_size=d.decode_chunk or None,
         )
         del svd
-        raw = run.stage_dir("driving") / "generated.mp4"
-        write_video(raw, to_uint8(video.permute(0, 2, 3, 1).float()), fps=d.fps)
-        if d.alpha == "reference":
-            rgb = torch.nn.functional.interpolate(video.float().cpu(), size=(cfg.size, cfg.size), mode="area")
-            frames = torch.cat([rgb, reference[3:].expand(len(rgb), 1, -1, -1)], dim=1)
-        elif d.alpha == "rembg":
-            frames = load_video_frames(raw, size=cfg.size, border_ratio=cfg.border_ratio, remove_background=True, recenter=cfg.recenter)
+        rgb = video.float().cpu()
+        write_video(folder / "generated.mp4", to_uint8(rgb.permute(0, 2, 3, 1)), fps=d.fps)
+        for i, frame in enumerate(rgb):  # lossless copies: the cut-out reads these, not the mp4
+            save_png(folder / "generated" / f"frame_{i:04d}.png", frame.permute(1, 2, 0))
+        if method == "reference":
+            small = torch.nn.functional.interpolate(rgb, size=(cfg.size, cfg.size), mode="area")
+            frames = torch.cat([small, reference[3:].expand(len(small), 1, -1, -1)], dim=1)
         else:
-            raise Gen4DError(f"driving.alpha must be rembg or reference, got {d.alpha!r}")
+            frames = load_video_frames(folder / "generated", size=cfg.size, remove_background=True, segmenter=method, recenter=False)
+        how = {"reference": "the input's mask on every frame", "plain": "the plain-background segmenter", "rembg": "rembg"}[method]
+        say(f"driving frames cut out with {how}{' (rembg is not installed)' if d.alpha == 'auto' and method == 'plain' else ''}")
     return frames
 
 
-def driving_stage(cfg: DG4DConfig, reference: Tensor, device: torch.device, run: RunDir) -> ArtifactStage:
+def driving_stage(cfg: DG4DConfig, reference: Tensor, device: torch.device, say) -> ArtifactStage:
     """Stage 0: the driving frames as RGBA PNGs in ``stages/driving/frames``."""
 
     def make(folder: Path) -> dict:
-        frames = _make_driving_frames(cfg, run, reference, device)
+        frames = _make_driving_frames(cfg, folder, reference, device, say)
         for i, f in enumerate(frames):
             save_rgba_png(folder / "frames" / f"frame_{i:04d}.png", f)
         return {"frames": len(frames)}
@@ -392,10 +447,15 @@ class RunInputs:
 
     def zero123_config(self) -> Zero123Config:
         s = self.cfg.sds
-        return Zero123Config(
-            model=s.model, guidance_scale=s.guidance_scale, precision=resolve_precision(self.cfg.precision, self.device),
-            timesteps=TimestepSchedule(min_start=s.t_min, max_start=s.t_max_start, min_end=s.t_min, max_end=s.t_max_end),
-        )
+        return Zero123Config(model=s.model, guidance_scale=s.guidance_scale, precision=resolve_precision(self.cfg.precision, self.device))
+
+    def timesteps(self, settings: StageSettings) -> TimestepSchedule:
+        """The stage's Zero123 timesteps: DreamGaussian's annealing over the stage, or uniform (``sds.schedule``)."""
+        s = self.cfg.sds
+        if s.schedule not in ("dreamgaussian", "uniform"):
+            raise Gen4DError(f"sds.schedule must be dreamgaussian or uniform, got {s.schedule!r}")
+        return TimestepSchedule(min_start=s.t_min, max_start=settings.t_max, min_end=s.t_min, max_end=settings.t_max,
+                                anneal_end=settings.iterations, deterministic=s.schedule == "dreamgaussian")
 
     def input_cameras(self, times) -> Cameras:
         """The input camera (azimuth 0, elevation 0) once per time."""
@@ -403,17 +463,25 @@ class RunInputs:
         S = self.cfg.size
         return orbit_cameras([0.0] * len(times), 0.0, self.cfg.camera_radius, self.fov, S, S, times=times).to(self.device)
 
-    def sds_views(self, times: str) -> ViewSampling:
-        s, R = self.cfg.sds, self.cfg.camera_radius
-        return ViewSampling(views=s.views, elevation_deg=(s.min_elevation, s.max_elevation), azimuth_deg=(-180.0, 180.0),
-                            radius=(R, R), fov_deg=(self.cfg.fov_deg, self.cfg.fov_deg), times=times)
+    def sds_views(self, settings: StageSettings, times: str) -> ViewSampling:
+        s, R, j = self.cfg.sds, self.cfg.camera_radius, settings.radius_jitter
+        return ViewSampling(views=max(settings.views, 1), elevation_deg=(s.min_elevation, s.max_elevation),
+                            azimuth_deg=(-180.0, 180.0), radius=(R - j, R + j), fov_deg=(self.cfg.fov_deg, self.cfg.fov_deg), times=times)
 
     def zero123_term(self, settings: StageSettings, times: str, references, deform: bool) -> GuidanceTerm:
         return GuidanceTerm(
-            name="sds", prior=self.zero123, views=self.sds_views(times), weight=self.cfg.sds.weight if self.cfg.sds.views > 0 else 0.0,
-            per_view=True, resolution=lambda step: _ramp(step, settings.iterations, settings.resolution_start, settings.resolution_end),
+            name="sds", prior=self.zero123, views=self.sds_views(settings, times),
+            weight=settings.sds_weight if settings.views > 0 else 0.0, per_view=True,
+            resolution=lambda step: stepped_resolution(step, settings), timesteps=self.timesteps(settings),
             references=references, deform=deform,
         )
+
+    def reference_weight(self, settings: StageSettings, weight: float):
+        """The reference loss weight, ramped by the stage's progress ``(step + 1) / iterations`` (DreamGaussian counts
+        steps from 1) when ``ramp_reference``."""
+        if not settings.ramp_reference:
+            return weight
+        return lambda step: weight * min(1.0, (step + 1) / max(settings.iterations, 1))
 
     def preview(self, scene: Scene4D, step: int, folder: Path) -> None:
         R, S = self.cfg.camera_radius, self.cfg.size
@@ -443,26 +511,29 @@ def static_stage(st: RunInputs) -> Stage:
     cfg, lr, n = st.cfg, st.cfg.lr, st.cfg.static.iterations
     reference = ReferenceViews(
         st.input_cameras(0.0), composite(st.reference.to(st.device)).permute(1, 2, 0)[None],
-        st.reference[3:].to(st.device).permute(1, 2, 0)[None], cfg.static.rgb_weight, cfg.static.mask_weight, deform=False,
+        st.reference[3:].to(st.device).permute(1, 2, 0)[None], st.reference_weight(cfg.static, cfg.static.rgb_weight),
+        st.reference_weight(cfg.static, cfg.static.mask_weight), deform=False,
     )
     losses = ScoreDistillation([st.zero123_term(cfg.static, "zero", st.image_reference, deform=False)], reference, background=st.white)
     return Stage(
         name="static", iterations=n, seed=cfg.seed * 1000 + 1,
         make_optimizers=lambda scene: gaussian_optimizers(scene, lr, EXTENT),
         learning_rates=lambda step: {"means": exp_decay(step, n, lr.means, lr.means_final)},
-        losses=losses, strategy=DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=int(0.6 * n)), 1.0),
+        losses=losses, strategy=DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=n), 1.0),
         preview=st.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
     )
 
 
 def dynamic_stage(st: RunInputs) -> Stage:
     """Stage 2: a zero-initialised deformation field fitted to the driving frames at the input camera + Zero123 SDS at
-    random views at the time of the step's first frame, conditioned on that frame."""
+    random views at every driving frame (or the step's first fitted frame: ``dynamic.sds_times``), each view
+    conditioned on the frame of its time."""
     cfg, lr, n = st.cfg, st.cfg.lr, st.cfg.dynamic.iterations
     T = st.n_frames
     reference = ReferenceViews(
         st.input_cameras(torch.arange(T, dtype=torch.float32) / (T - 1)), st.frame_rgb, st.frame_alpha,
-        cfg.dynamic.rgb_weight, cfg.dynamic.mask_weight, frames_per_step=cfg.dynamic.frames_per_step,
+        st.reference_weight(cfg.dynamic, cfg.dynamic.rgb_weight), st.reference_weight(cfg.dynamic, cfg.dynamic.mask_weight),
+        frames_per_step=cfg.dynamic.frames_per_step,
     )
     frame_references: list[Zero123Reference] = []
 
@@ -473,7 +544,9 @@ def dynamic_stage(st: RunInputs) -> Stage:
                                     for i in range(T))
         return Zero123Reference.stack(frame_references)
 
-    term = st.zero123_term(cfg.dynamic, "reference", None, deform=True)
+    if cfg.dynamic.sds_times not in ("frames", "reference"):
+        raise Gen4DError(f"dynamic.sds_times must be frames or reference, got {cfg.dynamic.sds_times!r}")
+    term = st.zero123_term(cfg.dynamic, cfg.dynamic.sds_times, None, deform=True)
     losses = ScoreDistillation([term], reference, background=st.white)
 
     def optimizers(scene: Scene4D):
@@ -584,7 +657,11 @@ def run_dg4d(
         run = RunDir(out)
         run.prepare(config_yaml(cfg), command)
     save_rgba_png(run.root / "input.png", reference)
-    run_artifact(run, driving_stage(cfg, reference, device, run))
+    def say(message: str) -> None:  # one line for the user (also with --quiet, which silences progress bars) and the log
+        run.log(message)
+        print(message)
+
+    run_artifact(run, driving_stage(cfg, reference, device, say))
     frames = read_driving_frames(run).to(device)
     if len(frames) < 2:
         raise Gen4DError(f"the driving video has {len(frames)} frame; a 4D asset needs at least 2")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import Gen4DError
 from ..config import config_yaml
-from ..data.preprocess import load_video_frames, save_rgba_png
+from ..data.preprocess import REMBG_INSTALL, load_video_frames, rembg_model_problem, resolve_segmenter, save_rgba_png
 from ..devices import resolve_device
 from ..guidance.priors import PriorFactory, build_prior
 from ..models.preflight import ModelRequirement, PackageRequirement, Requirement
@@ -41,7 +41,6 @@ from .motion_sample import (
 )
 from .recipe import Option, Recipe, merge_nested
 
-SEGMENTER_CHOICES = ("auto", "rembg", "plain")
 WHITE_BACKGROUND = ", on a white background"
 
 
@@ -84,32 +83,16 @@ def build_config(preset: str, overrides: list[str], base: dict | None = None) ->
 def check(cfg: Text2Video4DConfig) -> None:
     """Every check that needs no model (nothing is written)."""
     check_config(cfg.video)
-    if cfg.segmenter not in SEGMENTER_CHOICES:
-        raise Gen4DError(f"segmenter must be one of {', '.join(SEGMENTER_CHOICES)}, got {cfg.segmenter!r}")
+    resolve_segmenter(cfg.segmenter)
     resolve_device(cfg.dg4d.device)
 
 
 def requirements(cfg: Text2Video4DConfig) -> list[Requirement]:
     """The text-to-video model, DreamGaussian4D's video-mode needs, and rembg when the segmenter asks for it."""
     needs: list[Requirement] = [ModelRequirement(cfg.video.model, "the text-to-video stage")]
-    if cfg.segmenter == "rembg":
-        needs.append(PackageRequirement("rembg", "pip install rembg", "segmenter=rembg (or segmenter=plain)"))
+    if resolve_segmenter(cfg.segmenter) == "rembg":
+        needs.append(PackageRequirement("rembg", REMBG_INSTALL, "cutting out the generated video (or segmenter=plain)", rembg_model_problem))
     return needs + dg4d.requirements(dataclasses.replace(cfg.dg4d, mode="video"))
-
-
-def resolve_segmenter(name: str) -> str:
-    """``auto`` -> rembg when it can be imported, else plain; rembg is checked to be importable."""
-    if name not in SEGMENTER_CHOICES:
-        raise Gen4DError(f"segmenter must be one of {', '.join(SEGMENTER_CHOICES)}, got {name!r}")
-    if name == "plain":
-        return name
-    try:
-        import rembg  # noqa: F401  (optional dependency)
-    except ImportError:
-        if name == "rembg":
-            raise Gen4DError("segmenter=rembg needs rembg: pip install rembg (or use segmenter=plain for plain backgrounds)") from None
-        return "plain"
-    return "rembg"
 
 
 def video_stage(cfg: Text2Video4DConfig, run: RunDir, quiet: bool = False) -> ArtifactStage:

@@ -45,8 +45,8 @@ class StepLosses:
 
     losses: dict[str, Tensor]
     """Named, weighted losses; their sum is minimised."""
-    meta: dict | None = None
-    """Render metadata for the densification strategy (projected means, radii, ...)."""
+    meta: dict | list[dict] | None = None
+    """Render metadata for the densification strategy (projected means, radii, ...): one render's, or a list."""
     routes: dict[str, list[Tensor]] | None = None
     """Loss name -> the only parameters that loss may update (losses not named here update every parameter). The
     parameters outside a loss's route receive no gradient from it, so a step whose losses all exclude a parameter
@@ -275,8 +275,6 @@ def _default_update(stage: Stage, model, optimizers: dict, step: int, generator:
     if stage.strategy is not None:
         stage.strategy.step_pre_backward(out.meta)
     total = backward(out)
-    if stage.strategy is not None:
-        stage.strategy.step_post_backward(model.gaussians, optimizers, step, out.meta, generator)
     scaled = []
     for name, factor in (out.lr_scale or {}).items():
         for group in optimizers[name].param_groups:
@@ -287,6 +285,10 @@ def _default_update(stage: Stage, model, optimizers: dict, step: int, generator:
         opt.zero_grad(set_to_none=True)
     for group, lr in scaled:
         group["lr"] = lr
+    if stage.strategy is not None:
+        # after the optimiser step (gsplat's strategy contract): densification replaces the parameter tensors, and
+        # new tensors carry no gradient, so densifying first would drop this step's update
+        stage.strategy.step_post_backward(model.gaussians, optimizers, step, out.meta, generator)
     return {"loss": float(total.detach())}
 
 
