@@ -58,16 +58,14 @@ DG4D_FRAMES = 25
 DG4D_HELDOUT_AZIMUTHS = (45.0, 135.0, 225.0, 315.0)
 DG4D_HELDOUT_ELEVATIONS = (0.0, 20.0)
 DG4D_SETTINGS = [
-    # the scene as rendered: no recentring (the oracle's world is the scene's), 64 px views
-    "size=64", "recenter=false", "init_points=2000", "init_radius=0.8",
-    "static.iterations=500", "static.resolution_start=64", "static.resolution_end=64",
-    # one driving frame per step (DreamGaussian4D fits all of them every step: 25 field evaluations a step are
-    # too slow for two CPU cores), for more steps; in exchange the Zero123 weight of DreamGaussian4D's 4D stage in
-    # the seed's version (4) and the Gaussians trained with the field (its later version) keep the novel views
-    "dynamic.iterations=1500", "dynamic.frames_per_step=1", "dynamic.resolution_start=64", "dynamic.resolution_end=64",
-    "sds.weight=4", "dynamic.train_gaussians=true",
-    "densify.refine_start=50", "densify.refine_every=50", "densify.max_gaussians=5000",
-    "checkpoint_every=250", "preview_every=0",
+    # the scene as rendered: no recentring (the oracle's world is the scene's), framed from 2.5 units, 64 px views
+    "size=64", "recenter=false", "camera_radius=2.5", "init_points=2000", "init_radius=0.8",
+    "static.iterations=500", "static.views=4", "static.resolutions=[64]",
+    # one driving frame per step and its 4 views (DreamGaussian4D fits every frame and 4 views at each, every step:
+    # 25 deformation-field evaluations and 100 views a step are too slow for two CPU cores), for more steps
+    "dynamic.iterations=1500", "dynamic.frames_per_step=1", "dynamic.sds_times=reference", "dynamic.resolutions=[64]",
+    "dynamic.train_gaussians=true",
+    "densify.max_gaussians=5000", "checkpoint_every=250", "preview_every=0",
     "export.mesh_resolution=48", "export.video_size=96", "export.video_frames=24",
 ]
 """DreamGaussian4D's stages with their schedules scaled down to a 2-core machine (the rest: the recipe's defaults)."""
