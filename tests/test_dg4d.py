@@ -55,6 +55,9 @@ def test_image_to_4d_with_a_driving_video_writes_every_export(tmp_path):
     glb = read_animated_glb(ex / "animated.glb")
     assert len(glb.targets) == 7  # frame 0 is the base mesh, one morph target per other frame
     assert read_video(ex / "orbit.mp4").shape[0] == 3
+    textured = read_animated_glb(ex / "textured" / "animated.glb")  # the UV-textured mesh sequence, same frames
+    assert len(textured.targets) == 7 and len(list((ex / "textured").glob("frame_*.obj"))) == 8
+    assert (ex / "textured" / "material.mtl").exists() and len(list((ex / "textured").glob("*.png"))) == 1
     assert len(list((out / "stages" / "driving" / "frames").glob("*.png"))) == 8
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["driving_frames"] == 8 and metrics["iterations"] == 8

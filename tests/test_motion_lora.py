@@ -1,5 +1,5 @@
-"""MotionDirector's dual-path LoRA through PEFT on a tiny UNet3D: target layers, scales, the folder format and the
-converter for the published ``.pt`` lists."""
+"""MotionDirector's dual-path LoRA through PEFT on a tiny UNet3D: target layers, scales, the folder format, the
+converter for the published ``.pt`` lists, and the noise prior's inversion with every LoRA off."""
 
 import json
 
@@ -15,14 +15,16 @@ from gen4d.video.lora import (
     configure_adapters,
     disable_lora,
     inject_motion_lora,
+    lora_off,
     lora_parameters,
     set_lora_scale,
+    set_lora_trainable,
     spatial_lora_targets,
     temporal_lora_targets,
 )
 from gen4d.video.lora_convert import convert_motiondirector_checkpoint, convert_motiondirector_lora, motiondirector_order
 from gen4d.video.lora_files import load_motion_lora, save_motion_lora
-
+from gen4d.video.sampling import TextToVideo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,3 +226,53 @@ def test_motiondirector_converter(t2v_dir, tmp_path):
             x = torch.randn(3, layer.base_layer.in_features)
             expected = layer.base_layer(x) + x @ weights[2 * i + 1].T @ weights[2 * i].T
             torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- noise prior
+def test_lora_off_gives_the_base_model_and_restores_the_adapters(t2v_dir):
+    unet = _unet(t2v_dir)
+    x, t, emb = _inputs()
+    base = unet(x, t, encoder_hidden_states=emb).sample
+    inject_motion_lora(unet, SPATIAL, rank=4, dropout=0.0)
+    inject_motion_lora(unet, TEMPORAL, rank=4, dropout=0.0)
+    _randomise(unet, SPATIAL)
+    _randomise(unet, TEMPORAL, seed=2)
+    set_lora_scale(unet, SPATIAL, 0.5)
+    set_lora_trainable(unet, SPATIAL, False)  # frozen but active
+    tuned = unet(x, t, encoder_hidden_states=emb).sample
+    assert not torch.allclose(tuned, base, atol=1e-4)
+    with lora_off(unet):
+        assert torch.equal(unet(x, t, encoder_hidden_states=emb).sample, base)
+    assert torch.equal(unet(x, t, encoder_hidden_states=emb).sample, tuned)
+    assert active_lora_scales(unet) == {SPATIAL: 0.5, TEMPORAL: 1.0}
+    assert not any(p.requires_grad for p in lora_parameters(unet, SPATIAL))
+    assert all(p.requires_grad for p in lora_parameters(unet, TEMPORAL))
+
+
+def test_noise_prior_inverts_with_the_base_unet_and_samples_with_the_lora(t2v_dir):
+    """MotionDirector's noise prior is the ``inversion_noise`` computed in ``handle_cache_latents``
+    (``MotionDirector_train.py``) before any LoRA is trained: the inversion must not see the LoRA, sampling must."""
+    plain, tuned = TextToVideo(str(t2v_dir)), TextToVideo(str(t2v_dir))
+    for adapter, seed in ((SPATIAL, 1), (TEMPORAL, 2)):
+        inject_motion_lora(tuned.unet, adapter, rank=4, dropout=0.0)
+        _randomise(tuned.unet, adapter, seed=seed)
+    tuned.unet.eval()
+    shape = plain.latent_shape(num_frames=2, height=32, width=48)
+    prior = torch.randn(1, 4, 2, 4, 6, generator=torch.Generator().manual_seed(4))
+    scales = active_lora_scales(tuned.unet)
+    grads = [p.requires_grad for p in tuned.unet.parameters()]
+
+    _, expected = plain.initial_latents(shape, torch.Generator().manual_seed(1), prior, 1.0, inversion_steps=3)
+    _, inverted = tuned.initial_latents(shape, torch.Generator().manual_seed(1), prior, 1.0, inversion_steps=3)
+    assert torch.equal(inverted, expected)  # the U-Net with its LoRAs off is the base U-Net, bit for bit
+    with_lora = tuned.invert(prior, tuned.encode_prompt(""), 3)  # what inverting with the LoRAs on would give
+    assert float((with_lora - expected).abs().max()) > 1e-2
+    assert active_lora_scales(tuned.unet) == scales == {SPATIAL: 1.0, TEMPORAL: 1.0}
+    assert [p.requires_grad for p in tuned.unet.parameters()] == grads
+
+    # the same start, then sampling with the LoRA differs from sampling without it
+    kwargs = {"num_frames": 2, "height": 32, "width": 48, "steps": 2, "seed": 3, "prior_latents": prior, "noise_prior": 0.5,
+              "inversion_steps": 3}
+    a, b = plain.generate("a prompt", **kwargs), tuned.generate("a prompt", **kwargs)
+    assert torch.equal(a.inverted, b.inverted) and torch.equal(a.initial_latents, b.initial_latents)
+    assert float((a.latents - b.latents).abs().max()) > 1e-2

@@ -8,7 +8,7 @@
     gen4d text "PROMPT" --out DIR        text -> 4D
     gen4d motion train VIDEO --out DIR   MotionDirector: learn a motion LoRA from reference video(s)
     gen4d motion sample "PROMPT" --out DIR [--motion DIR]   text -> video with a learned motion
-    gen4d export DIR --format glb|obj|ply|mp4   (re-)export a finished run
+    gen4d export DIR --format glb|obj|textured|ply|mp4   (re-)export a finished run
     gen4d eval DIR --data C4D [--object NAME]   render a run at the Consistent4D cameras and score it
     gen4d models [--recipe NAME]         the models each recipe needs, and which are in the local cache
 
@@ -158,11 +158,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "ply": "ply", "mp4": "mp4"}
+    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "textured": "textured", "ply": "ply", "mp4": "mp4"}
     chosen = []
     for f in args.format:
         if f not in formats:
-            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, ply, mp4")
+            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, textured, ply, mp4")
         chosen.append(formats[f])
     written = export_run(args.dir, chosen, quiet=args.quiet)
     for fmt, paths in written.items():
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
-    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | ply | mp4")
+    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | textured (UV-textured mesh sequence + animated GLB) | ply | mp4")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -14,25 +14,32 @@ from .fields.deformation import DeformationConfig, DeformationField
 from .gaussians.frame import GaussianFrame
 from .gaussians.model import GaussianModel
 from .render import RenderOutput, rasterize
+from .render.mesh import TexturedMesh
 
 
 class Scene4D(nn.Module):
     """Canonical Gaussians ``gaussians`` moved over time by ``deformation`` (None for a static scene).
 
     antialiased: render with the antialiasing opacity compensation (gsplat's "antialiased" mode) by default.
+    mesh: a UV-textured mesh made from the Gaussians at t = 0 and moved by them (DreamGaussian4D's stage III trains
+    its texture); the exports use it when present.
     """
 
-    def __init__(self, gaussians: GaussianModel, deformation: DeformationField | None = None, antialiased: bool = False):
+    def __init__(self, gaussians: GaussianModel, deformation: DeformationField | None = None, antialiased: bool = False,
+                 mesh: TexturedMesh | None = None):
         super().__init__()
         self.gaussians = gaussians
         self.deformation = deformation
         self.antialiased = antialiased
+        self.mesh = mesh
 
     # ------------------------------------------------------------------ state
     def tensors(self) -> dict[str, Tensor]:
         out = {f"gaussians.{k}": v for k, v in self.gaussians.params.items()}
         if self.deformation is not None:
             out.update({f"deformation.{k}": v for k, v in self.deformation.state_dict().items()})
+        if self.mesh is not None:
+            out.update({f"mesh.{k}": v for k, v in self.mesh.tensors().items()})
         return out
 
     @classmethod
@@ -45,7 +52,8 @@ class Scene4D(nn.Module):
         if field_state:
             deformation = DeformationField(deformation_config or DeformationConfig())
             deformation.load_state_dict(field_state)
-        return cls(gaussians, deformation, antialiased)
+        mesh_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("mesh.")}
+        return cls(gaussians, deformation, antialiased, TexturedMesh.from_tensors(mesh_state) if mesh_state else None)
 
     def attach_deformation(self, config: DeformationConfig, seed: int, padding: float = 0.1) -> "Scene4D":
         """Add a zero-initialised deformation field (the scene still renders exactly as before) whose normalisation

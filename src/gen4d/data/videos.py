@@ -10,13 +10,17 @@ What the readers return
   folder of frames (sorted naturally, ``frame_2`` before ``frame_10``, as
   :func:`gen4d.data.preprocess.load_video_frames` does).
 * :func:`read_image`: ``float32`` ``[3, H, W]`` in ``[0, 1]``; transparent pixels are composited on white.
+* :func:`read_video_frames` / :func:`read_image_rgb`: the same frames / image as ``uint8`` RGB ``[h, w, 3]`` at the
+  source's own size, for callers that choose the output size from the source's (e.g. aspect-ratio buckets).
 
 Resizing
 --------
-Every frame is scaled by ``s = max(H / h, W / w)`` (the smallest scale at which the frame covers ``H x W``) and
-the centred ``H x W`` window is kept, so nothing is stretched; MotionDirector's reference videos are cropped the
-same way when the aspect ratios differ. Resampling is Pillow's bicubic filter, which averages over the
-footprint when shrinking (no aliasing from 1080p sources down to 384 px).
+:func:`resize_center_crop` (what :func:`read_video_clip` and :func:`read_image` do): every frame is scaled by
+``s = max(H / h, W / w)`` (the smallest scale at which the frame covers ``H x W``) and the centred ``H x W`` window
+is kept, so nothing is stretched and the borders of another aspect ratio are cut. Resampling is Pillow's bicubic
+filter, which averages over the footprint when shrinking (no aliasing from 1080p sources down to 384 px).
+:func:`resize_stretch` scales the whole frame to ``H x W`` (each axis on its own, nothing cut), with Pillow's
+bilinear filter, also averaging when shrinking (the filter of ``torchvision``'s ``Resize(antialias=True)``).
 
 Prompts
 -------
@@ -46,9 +50,12 @@ __all__ = [
     "find_videos",
     "prompt_for",
     "read_image",
+    "read_image_rgb",
     "read_video",
     "read_video_clip",
+    "read_video_frames",
     "resize_center_crop",
+    "resize_stretch",
     "split_clips",
 ]
 
@@ -70,6 +77,15 @@ def resize_center_crop(rgb: np.ndarray, height: int, width: int) -> Tensor:
     x0, y0 = 0.5 * (w - crop_w), 0.5 * (h - crop_h)
     img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
     out = img.resize((width, height), resample=Image.Resampling.BICUBIC, box=(x0, y0, x0 + crop_w, y0 + crop_h))
+    return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def resize_stretch(rgb: np.ndarray, height: int, width: int) -> Tensor:
+    """uint8 ``[h, w, 3]`` -> float32 ``[3, height, width]`` in [0, 1]: the whole frame scaled to the size (each axis
+    by its own factor, nothing cut), Pillow's bilinear filter."""
+    _check_size(height, width)
+    img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
+    out = img.resize((width, height), resample=Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
@@ -122,21 +138,18 @@ def _frame_indices(total: int, num_frames: int | None, stride: int, start: int, 
     return idx
 
 
-def read_video_clip(
+def read_video_frames(
     path: str | os.PathLike,
-    height: int,
-    width: int,
     num_frames: int | None = None,
     stride: int = 1,
     start: int = 0,
-) -> Tensor:
+) -> list[np.ndarray]:
     """Frames ``start + k * stride`` (``k < num_frames``; all of them when None) of a video file or a folder of
-    frames, resized and centre-cropped to ``height x width``: float32 ``[T, 3, height, width]`` in [0, 1].
+    frames, uint8 RGB ``[h, w, 3]`` at the source's size.
 
     Raises :class:`Gen4DError` for a missing path, a file that cannot be decoded, a folder without images,
     frames of different sizes, or fewer frames than ``num_frames``.
     """
-    _check_size(height, width)
     path = Path(path)
     if not path.exists():
         raise Gen4DError(f"video not found: {path}")
@@ -153,26 +166,46 @@ def read_video_clip(
                     f"frames of different sizes in {path}: {files[idx[0]].name} is {frames[0].shape[1]}x"
                     f"{frames[0].shape[0]}, {files[i].name} is {rgba.shape[1]}x{rgba.shape[0]}"
                 )
-            frames.append(rgba[..., :3])
-    else:
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise Gen4DError(f"{path} is a single image, not a video; pass a video file or a folder of frames")
-        rgb = read_video(path)
-        idx = _frame_indices(len(rgb), num_frames, stride, start, str(path))
-        frames = [rgb[i] for i in idx]
+            frames.append(np.ascontiguousarray(rgba[..., :3]))
+        return frames
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise Gen4DError(f"{path} is a single image, not a video; pass a video file or a folder of frames")
+    rgb = read_video(path)
+    idx = _frame_indices(len(rgb), num_frames, stride, start, str(path))
+    return [rgb[i] for i in idx]
+
+
+def read_video_clip(
+    path: str | os.PathLike,
+    height: int,
+    width: int,
+    num_frames: int | None = None,
+    stride: int = 1,
+    start: int = 0,
+) -> Tensor:
+    """Frames ``start + k * stride`` (``k < num_frames``; all of them when None) of a video file or a folder of
+    frames, resized and centre-cropped to ``height x width``: float32 ``[T, 3, height, width]`` in [0, 1].
+
+    Raises :class:`Gen4DError` as :func:`read_video_frames` does.
+    """
+    _check_size(height, width)
+    frames = read_video_frames(path, num_frames, stride, start)
     return torch.stack([resize_center_crop(f, height, width) for f in frames])
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """One image as uint8 RGB ``[h, w, 3]`` at its own size (alpha composited over white)."""
+    rgba, has_alpha = read_image_file(Path(path))
+    if not has_alpha:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    return np.round(rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
 
 
 def read_image(path: str | os.PathLike, height: int, width: int) -> Tensor:
     """One image, resized and centre-cropped: float32 ``[3, height, width]`` in [0, 1] (alpha over white)."""
     _check_size(height, width)
-    rgba, has_alpha = read_image_file(Path(path))
-    if has_alpha:
-        a = rgba[..., 3:4].astype(np.float32) / 255.0
-        rgb = np.round(rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
-    else:
-        rgb = rgba[..., :3]
-    return resize_center_crop(rgb, height, width)
+    return resize_center_crop(read_image_rgb(path), height, width)
 
 
 def split_clips(frames: Tensor, num_frames: int) -> list[Tensor]:

@@ -93,6 +93,17 @@ class _Builder:
         self.accessors.append(accessor)
         return len(self.accessors) - 1
 
+    def add_bytes(self, raw: bytes) -> int:
+        """Append raw bytes (an image) as its own 4-byte-aligned bufferView; returns the bufferView index."""
+        self.buffer_views.append({"buffer": 0, "byteOffset": self.length, "byteLength": len(raw)})
+        self.chunks.append(raw)
+        self.length += len(raw)
+        pad = (-self.length) % 4
+        if pad:
+            self.chunks.append(b"\x00" * pad)
+            self.length += pad
+        return len(self.buffer_views) - 1
+
     def binary(self) -> bytes:
         return b"".join(self.chunks)
 
@@ -130,6 +141,8 @@ def write_animated_glb(
     fps: float = 24.0,
     normals: bool = True,
     name: str = "gen4d",
+    uvs=None,
+    texture_png: bytes | None = None,
 ) -> None:
     """Write a fixed-topology mesh sequence as one animated GLB (morph targets + a weights animation).
 
@@ -137,10 +150,15 @@ def write_animated_glb(
     counter-clockwise from outside. colors: ``[V, 3]`` or ``[V, 4]`` RGB(A) in [0, 1] (clamped).
     fps: frames per second (keyframe k is at ``k / fps`` s). normals: also write unit base normals and per-frame
     normal displacements, so shading follows the motion. With F == 1 a static mesh without animation is written.
+    uvs + texture_png: a UV-textured mesh instead (``[V, 2]`` TEXCOORD_0, origin top-left as glTF's, and the PNG
+    bytes of the base colour texture, embedded); ``colors`` is then None.
     """
     verts = np.asarray(vertices_per_frame, dtype=np.float32)
     faces = np.asarray(faces)
-    cols = np.clip(np.asarray(colors, dtype=np.float32), 0.0, 1.0)
+    textured = texture_png is not None
+    if textured == (colors is not None) or textured != (uvs is not None):
+        raise ValueError("give colors, or uvs with texture_png")
+    cols = np.clip(np.asarray(colors if not textured else np.zeros((verts.shape[1], 3)), dtype=np.float32), 0.0, 1.0)
     if verts.ndim != 3 or verts.shape[2] != 3 or verts.shape[0] < 1 or verts.shape[1] < 1:
         raise ValueError(f"vertices_per_frame must be [F>=1, V>=1, 3], got {verts.shape}")
     num_frames, num_verts = verts.shape[:2]
@@ -162,7 +180,21 @@ def write_animated_glb(
     if normals:
         frame_normals = np.stack([vertex_normals(v, faces) for v in verts])
         attributes["NORMAL"] = b.add(frame_normals[0], "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)
-    attributes["COLOR_0"] = b.add(cols, "VEC4" if cols.shape[1] == 4 else "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)
+    material: dict = {"name": "vertex_colors", "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0}}
+    extra: dict = {}
+    if textured:
+        uv = np.asarray(uvs, dtype=np.float32)
+        if uv.shape != (num_verts, 2):
+            raise ValueError(f"uvs must be [{num_verts}, 2], got {uv.shape}")
+        attributes["TEXCOORD_0"] = b.add(uv, "VEC2", _FLOAT, _ARRAY_BUFFER, minmax=True)
+        extra = {
+            "images": [{"bufferView": b.add_bytes(texture_png), "mimeType": "image/png"}],
+            "samplers": [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}],  # linear, clamped
+            "textures": [{"sampler": 0, "source": 0}],
+        }
+        material = {"name": "texture", "pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": 1.0}}
+    else:
+        attributes["COLOR_0"] = b.add(cols, "VEC4" if cols.shape[1] == 4 else "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)
     index_type = _UNSIGNED_SHORT if num_verts < 65535 else _UNSIGNED_INT  # 65535 is the reserved restart value
     indices = b.add(faces.reshape(-1), "SCALAR", index_type, _ELEMENT_ARRAY_BUFFER, minmax=True)
 
@@ -179,7 +211,8 @@ def write_animated_glb(
         "asset": {"version": "2.0", "generator": "gen4d"},
         # glTF's default material is fully metallic, which renders vertex colours dark without an environment
         # map; a rough dielectric shows them as they are.
-        "materials": [{"name": "vertex_colors", "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0}}],
+        "materials": [material],
+        **extra,
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": name}],

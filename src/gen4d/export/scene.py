@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from .animated_glb import write_animated_glb
 from .images import to_uint8
 from .mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
 from .ply import save_inria_ply
+from .texture import save_textured_sequence, texture_image, textured_mesh
 from .video import write_video
 
-FORMATS = ("ply", "mesh", "glb", "mp4")
+FORMATS = ("ply", "mesh", "glb", "textured", "mp4")
 
 
 @dataclass
@@ -26,7 +28,9 @@ class ExportConfig:
     """What to export and how."""
 
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
-    """Any of: ply (per-frame 3DGS PLY), mesh (per-frame OBJ + GLB), glb (one animated GLB), mp4 (orbit video)."""
+    """Any of: ply (per-frame 3DGS PLY), mesh (per-frame OBJ + GLB, vertex colours), glb (one animated GLB, vertex
+    colours), textured (one UV-textured mesh moved per frame: OBJ + MTL + PNG per frame and an animated GLB with the
+    texture), mp4 (orbit video)."""
     frames: int = 0
     """Output frames (any count; times are interpolated). 0: the number of distinct training times."""
     fps: float = 12.0
@@ -35,6 +39,8 @@ class ExportConfig:
     """Density grid points per axis for marching cubes."""
     mesh_threshold: float = 0.5
     """Density iso-level of the mesh surface."""
+    texture_size: int = 1024
+    """Texels per side of the textured mesh's atlas (DreamGaussian4D's 1024) when the asset has no trained texture."""
     video_size: int = 256
     """Orbit video width and height in pixels."""
     video_frames: int = 48
@@ -91,6 +97,22 @@ def export_scene(
         p = out_dir / "animated.glb"
         write_animated_glb(p, np.asarray(verts), base.faces, base.colors, fps=config.fps)
         written["glb"] = [str(p)]
+    if "textured" in formats:
+        # The asset's own textured mesh (trained by DreamGaussian4D's stage III) or one baked from the Gaussians now;
+        # one topology, carried along by its nearest Gaussians as the animated GLB's mesh
+        tm = scene.mesh
+        if tm is None:
+            tm = textured_mesh(extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold), config.texture_size)
+        tm = tm.cpu()
+        means = torch.stack([f.means.cpu() for f in frames])
+        verts = np.asarray(skin_to_gaussians(tm.vertices, frames[0].means.cpu(), means))
+        folder = out_dir / "textured"
+        paths = save_textured_sequence(folder, tm, verts)
+        png = io.BytesIO()
+        texture_image(tm).save(png, format="PNG")
+        p = folder / "animated.glb"
+        write_animated_glb(p, verts, tm.faces.numpy(), None, fps=config.fps, uvs=tm.uvs.numpy(), texture_png=png.getvalue())
+        written["textured"] = [*paths, str(p)]
     if "mp4" in formats:
         p = out_dir / "orbit.mp4"
         write_video(p, render_orbit_video(scene, config, background, default_radius, quiet), fps=config.fps)

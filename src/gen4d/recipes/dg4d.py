@@ -13,16 +13,18 @@ directory:
      of the same time; time t = i / (T - 1) for frame i of any T;
   3. ``refine`` (optional: ``refine.iterations > 0``) - appearance refinement against Stable Video Diffusion
      partial-denoise ("SDEdit") targets, DreamGaussian4D's stage III (see below);
-then the exports (per-frame PLY and meshes, animated GLB, orbit video) at any frame count.
+then the exports (per-frame PLY and meshes, animated GLB, UV-textured mesh sequence, orbit video) at any frame count.
 
-Stage III: colours of the Gaussians, not a mesh texture
--------------------------------------------------------
+Stage III: the Gaussians' colours, or DreamGaussian4D's mesh texture
+---------------------------------------------------------------------
 DreamGaussian4D refines the UV texture of its exported meshes, rendered with nvdiffrast (not pip-installable).
-Here the same targets refine the Gaussians' colours (``sh0``, ``shN``) while means, scales, rotations,
-opacities and the deformation field stay frozen, before any export: every export (PLY, meshes, whose vertex
-colours are read from the Gaussians, animated GLB, video) then carries the refined appearance, the one
-differentiable renderer we already have (and its CPU/CUDA parity tests) is all it needs, and geometry cannot
-drift. Each round of ``refine.regenerate_every`` steps:
+``refine.mode=texture`` does that with gen4d's own mesh renderer (:mod:`gen4d.render.mesh`: numba visibility,
+texture sampling differentiable in PyTorch): the Gaussians at t = 0 give a coloured mesh, xatlas its UV atlas, their
+colours its texture (:mod:`gen4d.export.texture`); the texture alone is trained, the mesh moves with the Gaussians
+(one topology), and the ``textured`` export writes it. ``refine.mode=gaussians`` (the default) refines the Gaussians'
+colours (``sh0``, ``shN``) instead, before any export, while means, scales, rotations, opacities and the
+deformation field stay frozen: every export (PLY, meshes, animated GLB, video) then carries the refined appearance.
+Each round of ``refine.regenerate_every`` steps:
 
     orbit clip   c_j: elevation 0, azimuth a0 + j * azimuth_step, time t_j = j / (F - 1), j = 0..F-1, a0 random
                  (time runs during the orbit, as in DreamGaussian4D; F = refine.frames, any count);
@@ -30,11 +32,12 @@ drift. Each round of ``refine.regenerate_every`` steps:
                  step (1 - strength) * steps and denoised for the remaining steps, conditioned on the reference
                  image (video mode: the first frame); made once per round and kept as 8-bit frames in
                  ``stages/refine/targets/round_<k>.safetensors``, so a resumed run reads them back;
-    loss         svd_weight * mean_j |render(c_j) - S_j|^2 + reference_weight * sum_i mean |render(ref, t_i) - I_i|^2
+    loss         svd_weight * mean_j |render(c_j) - S_j|^2 + reference_weight * sum_i mean |m (render(ref, t_i) - I_i)|^2
 
-with I_i the driving frames at the reference camera (DreamGaussian4D keeps the input view the same way). Plain
-MSE, as DreamGaussian4D. It makes a new target every step (50 SVD calls, most of its 3.5-minute stage III); a
-round of 10 steps per target keeps the kind of target for a tenth of the SVD work (``regenerate_every=1``: theirs).
+with I_i the driving frames at the reference camera (DreamGaussian4D keeps the input view the same way) and m the
+mesh's coverage (texture mode; 1 for the Gaussians). Plain MSE, as DreamGaussian4D. It makes a new target every
+step (50 SVD calls, most of its 3.5-minute stage III); a round of 10 steps per target keeps the kind of target for a
+tenth of the SVD work (``regenerate_every=1``: theirs).
 
 Conventions: the input camera looks at the origin from azimuth 0 deg, elevation 0 deg (``camera_radius`` away);
 random views take azimuths in [-180, 180) and elevations in ``[min_elevation, max_elevation]``.
@@ -72,8 +75,10 @@ from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
 from ..distill.views import ViewSampling
 from ..eval.metrics import psnr, ssim
 from ..export.images import save_png, to_uint8
+from ..export.mesh import extract_mesh, skin_to_gaussians
 from ..export.ply import load_inria_ply
 from ..export.scene import ExportConfig
+from ..export.texture import textured_mesh
 from ..export.video import write_video
 from ..fields.deformation import DeformationConfig
 from ..fields.hexplane import HexPlaneConfig
@@ -200,9 +205,17 @@ class RefineConfig:
     strength: float = 0.32
     """Fraction of the ``driving.steps`` sampling steps re-run on the noised renders: 0.32 x 25 = the last 8, as
     DreamGaussian4D's ``strength=0.7`` (which restarts its 25-step schedule at step int(0.7 x 25) = 17)."""
+    mode: str = "gaussians"
+    """What the targets refine: ``gaussians`` (their colours; every export carries them) or ``texture``
+    (DreamGaussian4D's own path: a mesh made at t = 0 from the Gaussians, its xatlas UV atlas and a texture baked from
+    their colours, trained through the mesh rasterizer; the ``textured`` export is that mesh, moved by the Gaussians)."""
     lr: float = 0.025
-    """Adam learning rate of ``sh0`` (``shN``: 1/20 of it). A DC colour is 0.5 + 0.282 sh0, so 50 steps can move a
-    colour by up to about 0.35 (the 0.01 of stages I-II would allow only 0.14)."""
+    """``gaussians``: Adam learning rate of ``sh0`` (``shN``: 1/20 of it). A DC colour is 0.5 + 0.282 sh0, so 50 steps
+    can move a colour by up to about 0.35 (the 0.01 of stages I-II would allow only 0.14)."""
+    texture_lr: float = 0.2
+    """``texture``: Adam learning rate of the texture's logits (DreamGaussian4D's ``texture_lr``)."""
+    texture_size: int = 1024
+    """``texture``: texels per side of the atlas (DreamGaussian4D's ``texture_size``)."""
     svd_weight: float = 1.0
     """Weight of the MSE between the clip's renders and their SVD targets."""
     reference_weight: float = 1.0
@@ -260,7 +273,9 @@ class DG4DConfig:
         refine_start=0, refine_every=100, grow_grad2d=0.05, grow_scale3d=0.05, prune_opacity=0.01, prune_scale3d=0.05,
         prune_large_always=True, reset_opacity_every=0, max_gaussians=50_000))
     refine: RefineConfig = field(default_factory=RefineConfig)
-    # DreamGaussian4D's field: K-planes [32, 32, 32, 12], one scale, 32 features, a fixed box of +-1.6
+    # DreamGaussian4D's later field (configs/4d.yaml at HEAD): K-planes [32, 32, 32, 12], one scale, 32 features, a
+    # fixed box of +-1.6; the seed's version had [64, 64, 64, 25] at scales 1, 2, 4, 8 (arguments/__init__.py), whose
+    # 25 time nodes outnumber 14 driving frames (nodes between frames get no gradient)
     deformation: DeformationConfig = field(default_factory=lambda: DeformationConfig(
         hexplane=HexPlaneConfig(feature_dim=32, resolution=(32, 32, 32, 12), multires=(1,)), bounds=1.6))
     export: ExportConfig = field(default_factory=lambda: ExportConfig(video_size=256))
@@ -326,6 +341,10 @@ def _check_refine(r: RefineConfig) -> None:
         raise Gen4DError(f"refine.resolution must be a positive multiple of 8 (SVD's latent grid), got {r.resolution}")
     if not 0.0 <= r.strength <= 1.0:
         raise Gen4DError(f"refine.strength must be in [0, 1], got {r.strength}")
+    if r.mode not in ("gaussians", "texture"):
+        raise Gen4DError(f"refine.mode must be gaussians or texture, got {r.mode!r}")
+    if r.texture_size < 8:
+        raise Gen4DError(f"refine.texture_size must be >= 8, got {r.texture_size}")
 
 
 def gaussians_from_ply(path: str) -> GaussianModel:
@@ -577,6 +596,23 @@ class RefineTargets:
         self.current: dict = {}
         rc = st.cfg.refine
         self.clip_frames = rc.frames or st.n_frames
+        self.poses: dict[float, Tensor] = {}  # texture mode: the mesh's vertices at each time (the motion is frozen)
+
+    def render(self, scene: Scene4D, cams: Cameras) -> tuple[Tensor, Tensor]:
+        """``rgb [C, H, W, 3]`` on white and coverage ``[C, H, W, 1]``: the Gaussians, or the textured mesh."""
+        st = self.st
+        if st.cfg.refine.mode == "gaussians":
+            out = scene.render(cams, background=st.white)
+            return out.rgb, out.alpha
+        missing = sorted({float(t) for t in cams.times.tolist()} - set(self.poses))
+        if missing:
+            with torch.no_grad():
+                ref = scene.frame_at(0.0).means.cpu()
+                frames = torch.stack([scene.frame_at(t).means.cpu() for t in missing])
+                moved = skin_to_gaussians(scene.mesh.vertices.cpu(), ref, frames)
+            self.poses.update({t: v.to(st.device) for t, v in zip(missing, moved)})
+        vertices = torch.stack([self.poses[float(t)] for t in cams.times.tolist()])
+        return scene.mesh.render(vertices, cams, st.white)
 
     def clip(self, scene: Scene4D, k: int, start_azimuth: float | None) -> tuple[Cameras, Tensor]:
         """Round ``k``'s clip cameras and ``[F, H, W, 3]`` targets: read from disk, or rendered and refined now."""
@@ -588,7 +624,7 @@ class RefineTargets:
                 raise Gen4DError(f"{path} is missing; delete {self.run.stage_dir('refine')} to restart the refinement")
             cams = orbit_clip_cameras(start_azimuth, self.clip_frames, rc.resolution, R, st.fov, rc.azimuth_step).to(st.device)
             with torch.no_grad():
-                renders = scene.render(cams, background=st.white).rgb.permute(0, 3, 1, 2)
+                renders = self.render(scene, cams)[0].permute(0, 3, 1, 2)
             if not self.svd:
                 self.svd.append(load_svd(st.cfg, st.device))
             refined = self.svd[0].refine_video(
@@ -614,12 +650,14 @@ class RefineTargets:
             self.current.clear()
             self.current[k] = self.clip(scene, k, None)
         cams, targets = self.current[k]
-        views = scene.render(cams, background=st.white)
-        terms = {"svd": rc.svd_weight * (views.rgb - targets).square().mean()}
+        views, _ = self.render(scene, cams)
+        terms = {"svd": rc.svd_weight * (views - targets).square().mean()}
         if rc.reference_weight > 0:
-            ref = scene.render(st.input_cameras(frame_times(st.n_frames)), background=st.white)
-            terms["rgb"] = rc.reference_weight * st.n_frames * (ref.rgb - st.frame_rgb).square().mean()
-        return terms, views.meta
+            ref, covered = self.render(scene, st.input_cameras(frame_times(st.n_frames)))
+            # the mesh: where it covers the input view (DreamGaussian4D also drops grazing angles; no normals here)
+            mask = covered if rc.mode == "texture" else 1.0
+            terms["rgb"] = rc.reference_weight * st.n_frames * ((ref - st.frame_rgb) * mask).square().mean()
+        return terms, None
 
 
 def refine_stage(st: RunInputs, run: RunDir) -> Stage:
@@ -629,14 +667,25 @@ def refine_stage(st: RunInputs, run: RunDir) -> Stage:
 
     def colour_optimizers(scene: Scene4D):
         scene.requires_grad_(False)  # geometry, opacity and motion stay exactly as stage II left them
+        if rc.mode == "texture":
+            scene.mesh.logits.requires_grad_(True)
+            return {"texture": torch.optim.Adam([scene.mesh.logits], lr=rc.texture_lr)}
         rates = dataclasses.replace(cfg.lr, sh0=rc.lr, shN=rc.lr / 20)
         colours = ("sh0", "shN")
         for name in colours:
             scene.gaussians.params[name].requires_grad_(True)
         return {name: opt for name, opt in gaussian_optimizers(scene, rates, EXTENT).items() if name in colours}
 
+    def make_mesh(scene: Scene4D) -> Scene4D:
+        """Texture mode: the coloured surface of the Gaussians at t = 0, unwrapped, its texture baked."""
+        with torch.no_grad():
+            surface = extract_mesh(scene.frame_at(0.0), resolution=cfg.export.mesh_resolution, threshold=cfg.export.mesh_threshold)
+        scene.mesh = textured_mesh(surface, rc.texture_size).to(st.device)
+        return scene
+
     return Stage(name="refine", iterations=rc.iterations, seed=cfg.seed * 1000 + 3, make_optimizers=colour_optimizers,
-                 losses=targets.losses, preview=st.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every)
+                 prepare=make_mesh if rc.mode == "texture" else None, losses=targets.losses, preview=st.preview,
+                 checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every)
 
 
 # ------------------------------------------------------------------------------------------------ the recipe

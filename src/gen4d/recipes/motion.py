@@ -3,26 +3,32 @@ videos (or an appearance LoRA from images).
 
 Steps, in one resumable run directory:
   1. read the inputs (before anything is written): a video file, a folder of frames, or a folder of videos;
-     each long video is split into consecutive ``num_frames``-frame clips, resized and centre-cropped to
-     ``height x width``; each clip's prompt comes from a text file beside its source or from ``prompt``
-     (see :mod:`gen4d.data.videos`). With ``mode=images``: one 1-frame clip per image;
+     each long video is split into consecutive ``num_frames``-frame clips; each source is resized, whole, to its
+     aspect-ratio bucket of ``width x height`` (``resize=bucket``, MotionDirector's ``use_bucketing: True``, see
+     :mod:`gen4d.video.buckets`), so clips of different sources may differ in size; each clip's prompt comes from a
+     text file beside its source or from ``prompt`` (see :mod:`gen4d.data.videos`). With ``mode=images``: one
+     1-frame clip per image, bucketed the same way;
   2. the artifact stage ``latents``: every clip encoded once with the VAE into
-     ``DIR/stages/latents/clip_XXXX.safetensors`` (key ``latents``, ``[C, F, h, w]`` times the VAE scaling factor;
-     the prompt, source and frame indices in the metadata), reused on resume and by the sampler's noise prior;
+     ``DIR/stages/latents/clip_XXXX.safetensors`` (key ``latents``, ``[C, F, h, w]`` times the VAE scaling factor,
+     ``h x w`` the clip's own size over 8; the prompt, source, frame indices and pixel size in the metadata),
+     reused on resume and by the sampler's noise prior (resized there to the size sampled at);
   3. the stage ``motion``: the dual-path LoRA (:mod:`gen4d.video.train`) trained by the shared stage loop,
      checkpointing to ``DIR/stages/motion/``, previews in ``DIR/stages/motion/preview/`` and, with
      ``keep_checkpoint_loras``, a LoRA folder per checkpoint in ``DIR/lora_steps/step_XXXXXX/``;
   4. write ``DIR/lora/`` (:func:`gen4d.video.lora_files.save_motion_lora`) and ``DIR/metrics.json``.
 
-Defaults are MotionDirector's ``config_single_video.yaml`` (ZeroScope, 16 frames at 384 x 384, 150 steps,
-AdamW lr 5e-4, weight decay 1e-2, rank 32, one spatial LoRA per clip, gradient checkpointing, fp16 on CUDA).
+Defaults are MotionDirector's ``config_single_video.yaml`` (ZeroScope, 16 frames at 384 x 384 with aspect-ratio
+buckets, 150 steps, AdamW lr 5e-4, weight decay 1e-2, rank 32, one spatial LoRA per clip, gradient checkpointing,
+fp16 on CUDA).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from safetensors import SafetensorError
@@ -34,8 +40,10 @@ from ..data.videos import (
     find_images,
     find_videos,
     prompt_for,
-    read_image,
-    read_video_clip,
+    read_image_rgb,
+    read_video_frames,
+    resize_center_crop,
+    resize_stretch,
     split_clips,
 )
 from ..devices import resolve_device, resolve_precision
@@ -46,6 +54,7 @@ from ..models.preflight import ModelRequirement, Requirement
 from ..models.registry import load_pretrained
 from ..runs import RunDir
 from ..training.loop import ArtifactStage, Stage, run_artifact, run_stages
+from ..video.buckets import bucket_size
 from ..video.lora import lora_adapters
 from ..video.lora_files import save_motion_lora
 from ..video.sampling import TextToVideo
@@ -99,9 +108,16 @@ class MotionTrainConfig:
     num_frames: int = 16
     """Frames per training clip (MotionDirector: 16; 24 for its 576 x 320 single-video config)."""
     height: int = 384
-    """Clip height in pixels (a multiple of 8 times the UNet's downsampling)."""
+    """Clip height in pixels (a multiple of 8); with resize=bucket the height of a square source, and of a portrait
+    one (a landscape source's height is a bucket below it)."""
     width: int = 384
-    """Clip width in pixels."""
+    """Clip width in pixels (a multiple of 8); with resize=bucket the width of a square or landscape source."""
+    resize: str = "bucket"
+    """How sources are brought to size, never cropping with the first two: bucket = MotionDirector's
+    ``use_bucketing: True`` (all its published configs): the long side keeps its configured length, the short side
+    is the closest of (configured - 64, configured - 128, at least 192) to the source's aspect
+    (:mod:`gen4d.video.buckets`) | stretch = its ``use_bucketing: False``: exactly width x height | crop = scale to
+    cover width x height and keep the centre."""
     stride: int = 1
     """Keep every stride-th frame of the source (MotionDirector's frame_step)."""
     start: int = 0
@@ -159,9 +175,15 @@ class ClipPixels:
     """Frame indices in the source."""
 
 
+RESIZE_MODES = ("bucket", "stretch", "crop")
+"""The values of ``MotionTrainConfig.resize``."""
+
+
 def _check_config(cfg: MotionTrainConfig) -> None:
     if cfg.mode not in ("video", "images"):
         raise Gen4DError(f"mode must be video or images, got {cfg.mode!r}")
+    if cfg.resize not in RESIZE_MODES:
+        raise Gen4DError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {cfg.resize!r}")
     for name in ("num_frames", "height", "width", "stride", "steps"):
         if getattr(cfg, name) < 1:
             raise Gen4DError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -174,6 +196,24 @@ def _check_config(cfg: MotionTrainConfig) -> None:
         raise Gen4DError(f"height and width must be multiples of 8 (the VAE downsamples by 8), got {cfg.height}x{cfg.width}")
     if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
         raise Gen4DError(f"precision must be auto, fp32, fp16 or bf16, got {cfg.precision!r}")
+
+
+def clip_size(cfg: MotionTrainConfig, source_height: int, source_width: int) -> tuple[int, int]:
+    """``(height, width)`` in pixels the frames of a ``source_width x source_height`` source are trained at:
+    its bucket (:func:`gen4d.video.buckets.bucket_size`) with ``resize=bucket``, else ``(cfg.height, cfg.width)``."""
+    if cfg.resize == "bucket":
+        w, h = bucket_size(cfg.width, cfg.height, source_width, source_height)
+        return h, w
+    return cfg.height, cfg.width
+
+
+def fit_frames(frames: Sequence[np.ndarray], cfg: MotionTrainConfig) -> Tensor:
+    """uint8 RGB frames ``[h, w, 3]`` of one source -> float32 ``[T, 3, H, W]`` in [0, 1] at :func:`clip_size`:
+    scaled whole (bucket, stretch) or scaled to cover and centre-cropped (crop)."""
+    h, w = clip_size(cfg, *frames[0].shape[:2])
+    if cfg.resize == "crop":
+        return torch.stack([resize_center_crop(f, h, w) for f in frames])
+    return torch.stack([resize_stretch(f, h, w) for f in frames])
 
 
 def _need_prompt(prompt: str | None, cfg: MotionTrainConfig, source: Path) -> str:
@@ -198,7 +238,7 @@ def collect_clips(cfg: MotionTrainConfig) -> list[ClipPixels]:
         if not files:
             raise Gen4DError(f"no images in {path} (mode=images expects .png/.jpg/... files)")
         for f in files:
-            clips.append(ClipPixels(read_image(f, cfg.height, cfg.width)[None], _need_prompt(prompt_for(f), cfg, f), str(f), [0]))
+            clips.append(ClipPixels(fit_frames([read_image_rgb(f)], cfg), _need_prompt(prompt_for(f), cfg, f), str(f), [0]))
         return clips
     sources = [path]
     if path.is_dir():
@@ -207,7 +247,7 @@ def collect_clips(cfg: MotionTrainConfig) -> list[ClipPixels]:
         elif not find_images(path):
             raise Gen4DError(f"no videos or frames in {path}: expected video files (.mp4, .gif, ...) or frames (frame_0001.png, ...)")
     for src in sources:
-        frames = read_video_clip(src, cfg.height, cfg.width, None, cfg.stride, cfg.start)
+        frames = fit_frames(read_video_frames(src, None, cfg.stride, cfg.start), cfg)
         if len(frames) < cfg.num_frames:
             raise Gen4DError(
                 f"{src} gives {len(frames)} frames (from frame {cfg.start}, stride {cfg.stride}), fewer than one "
@@ -241,7 +281,9 @@ def latents_stage(clips: list[ClipPixels], cfg: MotionTrainConfig, device: torch
                     _, prompt, meta = load_clip_latents(path)
                 except (OSError, SafetensorError, ValueError):  # a damaged cache entry is encoded again
                     prompt, meta = None, {}
-                if prompt == c.prompt and meta.get("source") == c.source and meta.get("frames") == c.frames:
+                size = [meta.get("height"), meta.get("width")]
+                same = prompt == c.prompt and meta.get("source") == c.source and meta.get("frames") == c.frames
+                if same and size == list(c.pixels.shape[-2:]):
                     continue
             todo.append(i)
         if todo:
@@ -250,7 +292,8 @@ def latents_stage(clips: list[ClipPixels], cfg: MotionTrainConfig, device: torch
                 c = clips[i]
                 g = torch.Generator().manual_seed(cfg.seed * 100_003 + i) if cfg.sample_latents else None
                 latents = encode_clip(vae, c.pixels, g)
-                meta = {"source": c.source, "frames": c.frames, "height": cfg.height, "width": cfg.width,
+                height, width = c.pixels.shape[-2:]
+                meta = {"source": c.source, "frames": c.frames, "height": int(height), "width": int(width),
                         "scaling_factor": float(vae.config.scaling_factor)}
                 save_clip_latents(latents_path(folder, i), latents, c.prompt, meta)
             del vae
@@ -334,7 +377,8 @@ def run_motion_train(
     scheduler = load_pretrained(DDPMScheduler, cfg.model, subfolder="scheduler")
     run = RunDir(out)
     run.prepare(config_yaml(cfg), command)
-    run.log(f"inputs: {len(clips)} clip(s) of {clips[0].pixels.shape[0]} frame(s) at {cfg.width}x{cfg.height}")
+    sizes = sorted({f"{c.pixels.shape[-1]}x{c.pixels.shape[-2]}" for c in clips})
+    run.log(f"inputs: {len(clips)} clip(s) of {clips[0].pixels.shape[0]} frame(s) at {', '.join(sizes)} (resize={cfg.resize})")
 
     run_artifact(run, latents_stage(clips, cfg, device, log=run.log))
     training = read_training_clips(run, len(clips))
@@ -349,9 +393,10 @@ def run_motion_train(
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     frames = 1 if cfg.mode == "images" else cfg.num_frames
+    clip_sizes = [[int(c.pixels.shape[-2]), int(c.pixels.shape[-1])] for c in clips]  # [height, width] per clip
     extra = {
         "steps": cfg.steps, "prompts": sorted({c.prompt for c in training}), "clips": len(training),
-        "spatial_lora": cfg.paths.spatial_lora,
+        "spatial_lora": cfg.paths.spatial_lora, "resize": cfg.resize, "clip_sizes": clip_sizes,
     }
 
     def save_lora(folder: Path, steps_done: int) -> None:
@@ -384,6 +429,8 @@ def run_motion_train(
         "num_frames": frames,
         "height": cfg.height,
         "width": cfg.width,
+        "resize": cfg.resize,
+        "clip_sizes": clip_sizes,
         "adapters": lora_adapters(unet),
         "device": str(device),
         "precision": precision,

@@ -10,7 +10,9 @@ What it does (:func:`generate_video`, shared with the text -> video -> 4D recipe
   3. initial latents: seeded Gaussian noise ``eps``, mixed with a DDIM inversion ``z_inv`` when ``noise_prior``
      ``p > 0``: ``sqrt(p) z_inv + sqrt(1 - p) eps`` (:mod:`gen4d.video.sampling`). ``z_inv`` inverts one of
      ``motion``'s cached training latents (``DIR/stages/latents/clip_XXXX.safetensors``, chosen with the seed unless
-     ``latent_index`` says which), or the clip ``reference`` when given;
+     ``latent_index`` says which; resized to the sampled size when its bucket differs), or the clip ``reference``
+     when given. The inversion runs on the base U-Net, the LoRAs off, as MotionDirector's cached
+     ``inversion_noise`` is computed before training (``handle_cache_latents``, ``MotionDirector_train.py``);
   4. DDIM sampling with classifier-free guidance, VAE decoding frame by frame.
 
 Run directory: ``DIR/video.mp4``, ``DIR/video.gif``, ``DIR/frames/frame_XXXX.png``, ``DIR/metrics.json``,

@@ -25,9 +25,10 @@ MotionDirector checkpoints convert to it with :mod:`gen4d.video.lora_convert`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -173,6 +174,31 @@ def configure_adapters(unet: nn.Module, scales: Mapping[str, float], trainable: 
         for a in layer.lora_A:
             layer.lora_A[a].weight.requires_grad_(a in trainable)
             layer.lora_B[a].weight.requires_grad_(a in trainable)
+
+
+@contextlib.contextmanager
+def lora_off(unet: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every LoRA layer of ``unet`` computes its base output only (``W x``), whatever adapters
+    are active: the model is the base model, bit for bit. On exit each layer's adapters, their scales and the
+    ``requires_grad`` of every parameter are as before. A model without adapters is left as it is.
+
+    MotionDirector inverts its training clips for the noise prior with the base model: ``handle_cache_latents``
+    in ``MotionDirector_train.py`` runs ``inverse_video`` on a copy of the UNet whose LoRAs are still at their
+    zero start (``B = 0``) and stores the result as ``inversion_noise`` in the cached latents.
+    """
+    layers = [m for _, m in _lora_layers(unet)]
+    grads = {id(p): p.requires_grad for m in layers for p in m.parameters()}
+    was_disabled = [bool(m.disable_adapters) for m in layers]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield unet
+    finally:
+        for m, disabled in zip(layers, was_disabled):
+            if not disabled:
+                m.enable_adapters(True)  # peft re-runs set_adapter(active): the same adapters stay active
+            for p in m.parameters():
+                p.requires_grad_(grads[id(p)])
 
 
 def inject_motion_lora(

@@ -51,7 +51,9 @@ Noise prior (MotionDirector, Zhao et al. 2023, inference)
 the inversion itself; for ``z_inv`` and ``eps`` independent with unit variance the mix keeps unit variance.
 MotionDirector recommends ``p = 0`` for a motion learned from several videos and ``0.1 .. 0.5`` for one video.
 ``z_inv`` is at level ``tau_1`` of the inversion schedule (981 with 50 steps), sampling starts at ``tau_1`` of its
-own schedule (967 with 30 steps); like MotionDirector, the difference is ignored.
+own schedule (967 with 30 steps); like MotionDirector, the difference is ignored. ``z_inv`` is computed by the base
+U-Net, every LoRA off (MotionDirector inverts when it caches the training latents, before training, in
+``handle_cache_latents`` of ``MotionDirector_train.py``); the LoRAs act in the sampling that starts from it.
 
 Random numbers come from one CPU ``torch.Generator``, drawn in a fixed order (``eps`` first, then ``xi`` per step
 in the diffusers layout), so with ``p = 0`` :meth:`TextToVideo.generate` reproduces ``TextToVideoSDPipeline``
@@ -77,7 +79,7 @@ from ..guidance.prompts import encode_prompt, encode_prompt_pair, expand_batch
 from ..guidance.sds import classifier_free_guidance
 from ..guidance.vae import encode_latents
 from ..models.registry import load_pretrained
-from .lora import active_lora_scales, lora_adapters, set_lora_scale
+from .lora import active_lora_scales, lora_adapters, lora_off, set_lora_scale
 from .lora_files import load_motion_lora
 
 # MotionDirector_inference.py defaults (ZeroScope): 384 x 384, 16 frames, 30 DDIM steps, guidance 12, 8 fps.
@@ -385,7 +387,12 @@ class TextToVideo:
         """``(z_{tau_1}, z_inv)``: ``eps`` drawn from ``generator`` (always, first), mixed with the DDIM inversion of
         ``prior_latents [1, C, F', h', w']`` when ``noise_prior > 0`` (inverted at its own size with the prompt
         ``inversion_prompt``, then resized to ``shape`` by :func:`resize_latents`). ``z_inv`` is None without a
-        prior."""
+        prior.
+
+        The inversion runs with every LoRA of the U-Net switched off (:func:`gen4d.video.lora.lora_off`), the
+        adapters acting again for the sampling that follows: MotionDirector's noise prior is the
+        ``inversion_noise`` that ``handle_cache_latents`` (``MotionDirector_train.py``) computes with the base model
+        when it caches the training latents, before any LoRA is trained."""
         if not 0.0 <= float(noise_prior) <= 1.0:
             raise Gen4DError(f"noise_prior must be in [0, 1], got {noise_prior}; use 0 for plain sampling")
         noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
@@ -394,7 +401,8 @@ class TextToVideo:
         if prior_latents is None:
             raise Gen4DError(f"noise_prior={noise_prior} needs latents to invert: a MotionDirector run (motion=DIR) or a reference video (reference=VIDEO)")
         cond = self.encode_prompt(inversion_prompt)
-        inverted = self.invert(prior_latents.float(), cond, inversion_steps, inversion_fixed_point_iterations, quiet=quiet)
+        with lora_off(self.unet):
+            inverted = self.invert(prior_latents.float(), cond, inversion_steps, inversion_fixed_point_iterations, quiet=quiet)
         B, _, Fr, h, w = shape
         inverted = resize_latents(inverted, Fr, h, w)
         if inverted.shape[0] != B:
