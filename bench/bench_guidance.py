@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-
 from gen4d.guidance.base import Conditioning
 
 CONFIGS = Path(__file__).resolve().parent / "model_configs"

@@ -46,11 +46,10 @@ from unittest import mock
 
 import torch
 
+from gen4d.devices import resolve_device, resolve_precision
 from gen4d.guidance.prompts import PromptEncoder
 from gen4d.models.registry import load_pretrained
-from gen4d.devices import resolve_device, resolve_precision
 from gen4d.recipes.motion import MotionTrainConfig, build_config
-
 from gen4d.testing import tiny_model_dir
 from gen4d.video.lora_files import save_motion_lora
 from gen4d.video.sampling import (
@@ -62,7 +61,6 @@ from gen4d.video.sampling import (
 )
 from gen4d.video.train import MotionTrainer, TrainingClip, encode_clip
 from gen4d.video.unet3d import disable_gradient_checkpointing, enable_gradient_checkpointing
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers of the sibling benchmarks
 import bench_guidance

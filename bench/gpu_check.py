@@ -12,7 +12,8 @@ measured; a section that no longer fits the budget is skipped and says so):
    background process at once and the priors are timed meanwhile.
 2. ``priors``      one SDS step forward + backward at the published size (random weights built from
    ``bench/model_configs``, saved in the Hub layout, loaded through each prior's own code) of SD 2.1 base,
-   MVDream, Stable-Zero123 and ZeroScope v2, in fp16 and bf16: seconds per step, peak GPU memory, FLOPs.
+   MVDream, Stable-Zero123 and ZeroScope v2, in fp16 and bf16: seconds per step, peak GPU memory, FLOPs; and from
+   them the projected hours of each 4D-fy preset (:func:`fourdfy_projection`, a lower bound).
 3. ``reconstruct`` ``gen4d reconstruct --preset fast`` on a synthetic scene rendered at 400 x 400: training
    seconds and held-out PSNR; then frames per second rendering 800 x 800 views of the result.
 4. ``dg4d``        ``gen4d image`` end to end at its defaults (published-size SVD + Zero123-XL): seconds and peak
@@ -154,6 +155,33 @@ def priors_section(size: dict, device: torch.device, dry: bool, cache: Path, dea
     return {"rows": rows, "skipped_for_time": skipped}
 
 
+def fourdfy_projection(rows: list[dict]) -> dict:
+    """4D-fy's presets projected from the priors' measured steps: a static step is an MVDream step, a refine step half
+    MVDream and half VSD (counted as two SD steps: the SDS U-Net and its LoRA's), a dynamic step the branches weighted
+    by their probabilities (ZeroScope for the video branch). Rendering the Gaussians is left out (small next to the
+    priors' U-Nets), so these are lower bounds."""
+    from gen4d.recipes import fourdfy
+
+    out = {}
+    for precision in sorted({r["precision"] for r in rows if "error" not in r}):
+        step = {r["prior"]: r["seconds_per_step"] for r in rows if r["precision"] == precision and "error" not in r}
+        if not {"sd21", "mvdream", "zeroscope"} <= set(step):
+            continue
+        presets = {}
+        for name in fourdfy.PRESETS:
+            cfg = fourdfy.RECIPE.build_config(name, [], {"prompt": "x"})
+            image = 2 * step["sd21"] if cfg.image.kind == "vsd" else step["sd21"]
+            d = cfg.dynamic
+            p_image = d.image_probability if cfg.image.kind != "none" else 0.0
+            total = d.multi_view_probability + p_image + d.video_probability
+            dynamic = (d.multi_view_probability * step["mvdream"] + p_image * image + d.video_probability * step["zeroscope"]) / total
+            seconds = cfg.static.iterations * step["mvdream"] + cfg.refine.iterations * 0.5 * (step["mvdream"] + image) \
+                + d.iterations * dynamic
+            presets[name] = {"steps": [cfg.static.iterations, cfg.refine.iterations, d.iterations], "hours": seconds / 3600}
+        out[precision] = presets
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ 3. reconstruct
 def reconstruct_section(size: dict, device: torch.device, work: Path) -> dict:
     data = work / "recon_data"
@@ -217,6 +245,9 @@ def print_table(record: dict) -> None:
                 else:
                     peak = "-" if r["peak_gib"] is None or r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f} GiB"
                     print(f"  prior        {r['prior']:<10} {r['precision']:<5} {r['seconds_per_step']:.3f} s/step  {peak}  {r['step_tflop']:.2f} TFLOP")
+            for precision, presets in part.get("fourdfy_projection", {}).items():
+                hours = ", ".join(f"{k} {v['hours']:.2f} h" for k, v in presets.items())
+                print(f"  fourdfy      {precision}: at least {hours} (priors' steps only)")
         elif name == "reconstruct":
             print(f"  reconstruct  {part['resolution']}^2: {part['train_seconds']:.0f} s, {part['iterations']} steps, PSNR "
                   f"{part['test_psnr']:.2f} dB; {part['render_size']}^2 render {part['render_fps']:.0f} FPS ({part['rasterizer']})")
@@ -284,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 registry.set_model_set(previous_set)  # bench_dg4d --small switches to the tiny models
             part["section_seconds"] = time.perf_counter() - t
+            if name == "priors" and "rows" in part:
+                part["fourdfy_projection"] = fourdfy_projection(part["rows"])
             record["sections"][name] = part
             record["seconds"] = time.perf_counter() - start
             json_path.parent.mkdir(parents=True, exist_ok=True)

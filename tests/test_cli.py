@@ -6,7 +6,6 @@ import pytest
 
 from gen4d.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("restore_model_set")
 
 

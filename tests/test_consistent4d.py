@@ -25,6 +25,7 @@ from gen4d.cameras import (
     orbit_c2w,
     orbit_cameras,
 )
+from gen4d.config import config_yaml
 from gen4d.data.consistent4d import (
     EVAL_AZIMUTHS_DEG,
     FOVY_DEG,
@@ -42,17 +43,15 @@ from gen4d.eval.metrics import psnr
 from gen4d.fields.deformation import DeformationConfig
 from gen4d.gaussians.model import GaussianModel
 from gen4d.models import registry
+from gen4d.recipes.dg4d import DG4DConfig
 from gen4d.recipes.evaluate import (
     build_eval_config,
     load_metric_models,
     run_eval,
     score_renders,
 )
-from gen4d.config import config_yaml
-from gen4d.recipes.dg4d import DG4DConfig
 from gen4d.runs import AssetInfo, RunDir, load_finished_run, read_asset_info, write_asset_info
 from gen4d.scene import Scene4D
-
 
 pytestmark = pytest.mark.usefixtures("tiny_models")
 

@@ -18,7 +18,6 @@ from gen4d.models import registry
 from gen4d.recipes.dg4d import build_config, run_dg4d
 from gen4d.runs import load_finished_run
 
-
 pytestmark = pytest.mark.usefixtures("restore_model_set")
 
 TINY = [

@@ -19,13 +19,13 @@ from gen4d.distill.views import ViewSampling
 from gen4d.eval.metrics import psnr
 from gen4d.gaussians.model import GaussianModel
 from gen4d.gaussians.strategy import DensifyConfig, DensifyStrategy
+from gen4d.guidance.base import GuidanceConfig
 from gen4d.guidance.priors import build_prior
 from gen4d.guidance.sds import TimestepSchedule
 from gen4d.recipes import dg4d
 from gen4d.runs import RunDir
 from gen4d.scene import Scene4D
 from gen4d.testing.oracles import OraclePrior
-from gen4d.guidance.base import GuidanceConfig
 from gen4d.training.loop import Stage, run_stages
 
 pytestmark = pytest.mark.usefixtures("restore_model_set")

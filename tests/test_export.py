@@ -15,11 +15,11 @@ from plyfile import PlyData
 
 from gen4d import Gen4DError
 from gen4d.cameras import quat_to_rotmat
+from gen4d.data.videos import read_video
 from gen4d.export.animated_glb import read_animated_glb, write_animated_glb
 from gen4d.export.mesh import Mesh, density_grid, extract_mesh, knn, save_glb, save_obj, skin_to_gaussians
 from gen4d.export.ply import inria_property_names, load_inria_ply, save_inria_ply
 from gen4d.export.validate import tools_dir, validate_gltf, validator_installed
-from gen4d.data.videos import read_video
 from gen4d.export.video import write_gif, write_video
 from gen4d.gaussians.frame import GaussianFrame
 from gen4d.sh import rgb_to_sh0

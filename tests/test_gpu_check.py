@@ -28,6 +28,9 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     rows = sections["priors"]["rows"]
     assert [r["prior"] for r in rows] == ["sd21", "mvdream", "zero123", "zeroscope"]
     assert all(r["seconds_per_step"] > 0 and r["step_tflop"] > 0 for r in rows)
+    projection = sections["priors"]["fourdfy_projection"]["fp32"]
+    assert set(projection) == {"paper", "default", "fast", "low-memory"}
+    assert projection["paper"]["hours"] > projection["default"]["hours"] > projection["fast"]["hours"] > 0
     assert math.isfinite(sections["reconstruct"]["test_psnr"]) and sections["reconstruct"]["render_fps"] > 0
     assert {r["part"] for r in sections["dg4d"]["rows"]} >= {"static", "dynamic", "exports"}
     assert any(r["status"] == "ok" for r in sections["motion"]["training"])

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gen4d import Gen4DError
+from gen4d.guidance.base import Conditioning
 from gen4d.guidance.sds import TimestepSchedule
 from gen4d.guidance.svd import StableVideoDiffusion, SVDConfig
-from gen4d.guidance.base import Conditioning
 from gen4d.guidance.zero123 import CLIPCameraProjection, Zero123Config, Zero123Guidance, camera_embedding
 from gen4d.testing.tiny_svd import make_tiny_svd
 from gen4d.testing.tiny_zero123 import make_tiny_zero123

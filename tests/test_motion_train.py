@@ -41,7 +41,6 @@ from gen4d.video.unet3d import (
     temporal_modules,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

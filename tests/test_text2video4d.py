@@ -9,19 +9,18 @@ import torch
 from PIL import Image
 
 from gen4d import Gen4DError
+from gen4d.data import preprocess
 from gen4d.data.preprocess import (
     load_image_rgba,
     load_video_frames,
+    resolve_segmenter,
     segment_plain_background,
 )
 from gen4d.data.videos import read_video
 from gen4d.export.animated_glb import read_animated_glb
-from gen4d.recipes import text2video4d
-from gen4d.data import preprocess
-from gen4d.data.preprocess import resolve_segmenter
 from gen4d.models.preflight import PackageRequirement
+from gen4d.recipes import text2video4d
 from gen4d.recipes.text2video4d import build_config, run_text2video4d
-
 
 pytestmark = pytest.mark.usefixtures("tiny_models", "one_thread")
 

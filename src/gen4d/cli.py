@@ -1,6 +1,6 @@
 """The ``gen4d`` command line, built from the recipe registry (:data:`gen4d.recipes.RECIPES`).
 
-    gen4d demo --out DIR [--recipe reconstruct|dg4d]   weight-free: a synthetic scene, reconstructed (default) or
+    gen4d demo --out DIR [--recipe reconstruct|dg4d|fourdfy]   weight-free: a synthetic scene, reconstructed (default) or
                                                        distilled by a recipe from oracle priors
     gen4d reconstruct DATA --out DIR     D-NeRF-format multi-view video -> 4D Gaussians -> metrics + exports
     gen4d image IMAGE --out DIR          image -> 4D (--recipe: see gen4d image --help)

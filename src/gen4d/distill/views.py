@@ -45,6 +45,12 @@ class ViewSampling:
     clip: ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors)."""
     frames: int = 16
     """Frames per clip (``times=clip``)."""
+    clip_offset: bool = False
+    """``times=clip``: frames at ``t0 + k / frames`` with ``t0`` uniform in ``[0, 1 / frames)`` (4D-fy's
+    ``sample_rand_frames: t0``) instead of ``frames`` times evenly spaced over ``[0, 1]``."""
+    shared_camera: bool = False
+    """One elevation, radius and field of view for all views of a step (a multi-view prior's camera set: MVDream's
+    4 views differ only in azimuth); False: each view draws its own."""
 
     def check(self) -> None:
         if self.views < 1 or self.frames < 1:
@@ -99,9 +105,10 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         az = start + torch.arange(n, dtype=torch.float32) * (360.0 / n)
     else:
         az = _uniform(*s.azimuth_deg, n, generator)
-    el = _uniform(*s.elevation_deg, n, generator)
-    radius = _uniform(*s.radius, n, generator) if s.radius[1] > s.radius[0] else None
-    fov = _uniform(*s.fov_deg, n, generator) if s.fov_deg[1] > s.fov_deg[0] else None
+    m = 1 if s.shared_camera else n
+    el = _uniform(*s.elevation_deg, m, generator).expand(n).clone()
+    radius = _uniform(*s.radius, m, generator).expand(n).clone() if s.radius[1] > s.radius[0] else None
+    fov = _uniform(*s.fov_deg, m, generator).expand(n).clone() if s.fov_deg[1] > s.fov_deg[0] else None
     frames = s.frames if s.times == "clip" else 1
     if s.times == "zero":
         times: float | Tensor = 0.0
@@ -119,7 +126,11 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         az, el = az.repeat_interleave(frames), el.repeat_interleave(frames)
         radius = None if radius is None else radius.repeat_interleave(frames)
         fov = None if fov is None else fov.repeat_interleave(frames)
-        times = frame_times(frames).float().repeat(n)
+        if s.clip_offset:
+            t0 = float(torch.rand((), generator=generator)) / frames
+            times = (t0 + torch.arange(frames, dtype=torch.float32) / frames).repeat(n)
+        else:
+            times = frame_times(frames).float().repeat(n)
     N = len(az)
     r_arg = s.radius[0] if radius is None else radius
     fov0 = math.radians(s.fov_deg[0])

@@ -91,6 +91,9 @@ class Stage:
     """Seed of the stage's generator."""
     extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None
     """``(get, set)`` of JSON-able state checkpointed with the stage (e.g. a gradient scaler)."""
+    extra_tensors: tuple[Callable[[], dict[str, Tensor]], Callable[[dict[str, Tensor]], None]] | None = None
+    """``(get, set)`` of tensors trained beside the model and checkpointed with the stage (e.g. a prior's own LoRA,
+    VSD's); ``set`` gets them back on resume, before the optimisers are restored."""
     on_checkpoint: Callable[[int], None] | None = None
     """Called after each intermediate checkpoint with the step (e.g. to keep a LoRA folder per checkpoint)."""
     record: bool = False
@@ -144,6 +147,8 @@ def _checkpoint(run: RunDir, stage: Stage, model, optimizers: dict, generator: t
         groups[name] = meta
     if stage.strategy is not None:
         tensors.update({f"strategy.{k}": v for k, v in stage.strategy.state_dict().items()})
+    if stage.extra_tensors is not None:
+        tensors.update({f"extra.{k}": v.detach() for k, v in stage.extra_tensors[0]().items()})
     tensors["rng"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -203,6 +208,8 @@ def run_stages(
         if ckpt is not None:
             tensors, state = ckpt
             model = load(model_tensors(tensors))
+            if stage.extra_tensors is not None:
+                stage.extra_tensors[1]({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
             optimizers = stage.make_optimizers(model)
             for name, opt in optimizers.items():
                 load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
