@@ -12,6 +12,7 @@ from rich.progress import track
 
 from .. import Gen4DError
 from ..cameras import frame_times, orbit_cameras
+from ..render.mesh import TexturedMesh
 from ..scene import Scene4D
 from .animated_glb import write_animated_glb
 from .images import to_uint8
@@ -103,7 +104,7 @@ def export_scene(
         tm = scene.mesh
         if tm is None:
             tm = textured_mesh(extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold), config.texture_size)
-        tm = tm.cpu()
+        tm = TexturedMesh.from_tensors({k: v.detach().cpu() for k, v in tm.tensors().items()})  # a CPU copy
         means = torch.stack([f.means.cpu() for f in frames])
         verts = np.asarray(skin_to_gaussians(tm.vertices, frames[0].means.cpu(), means))
         folder = out_dir / "textured"

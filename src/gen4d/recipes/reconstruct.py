@@ -122,7 +122,7 @@ PRESETS: dict[str, list[str]] = {
     ],
     # `gen4d demo`: a small synthetic scene fitted on two CPU cores in about two minutes.
     "demo": [
-        "train.iterations=1800", "train.static_fraction=0.2", "train.batch_size=4",
+        "train.iterations=2600", "train.static_fraction=0.2", "train.batch_size=4",
         "train.checkpoint_every=250", "train.preview_every=250", "train.densify_until=0.5",
         "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
         "densify.max_gaussians=4000", "model.init_points=2000",
