@@ -35,10 +35,16 @@ from .testing.oracles import OraclePriors
 RECONSTRUCT_SCENE = dict(resolution=64, train_views=12, train_times=16, test_views=8)
 
 
-def reconstruct_demo(args: Namespace) -> tuple[dict, str, bool]:
-    scene = args.scene or "jumping_jacks"
+def pick_scene(args: Namespace, default: str) -> str:
+    """``--scene`` or the demo's own, checked."""
+    scene = args.scene or default
     if scene not in SCENES:
         raise Gen4DError(f"unknown scene {scene!r}; choose from {', '.join(SCENES)}")
+    return scene
+
+
+def reconstruct_demo(args: Namespace) -> tuple[dict, str, bool]:
+    scene = pick_scene(args, "jumping_jacks")
     out = Path(args.out)
     data = out / "data"
     recipe = reconstruct.RECIPE
@@ -122,9 +128,7 @@ def finish_oracle_demo(out: Path, metrics: dict, heldout: dict, scene: str, t0: 
 
 def dg4d_demo(args: Namespace) -> tuple[dict, str, bool]:
     """DreamGaussian4D distilled from oracle priors on a synthetic scene (module doc)."""
-    scene = args.scene or DG4D_SCENE
-    if scene not in SCENES:
-        raise Gen4DError(f"unknown scene {scene!r}; choose from {', '.join(SCENES)}")
+    scene = pick_scene(args, DG4D_SCENE)
     t0 = time.perf_counter()
     out = Path(args.out)
     data = out / "data"
@@ -163,9 +167,7 @@ FOURDFY_SETTINGS = [
 
 def fourdfy_demo(args: Namespace) -> tuple[dict, str, bool]:
     """4D-fy distilled from oracle priors (MVDream, Stable Diffusion and a video model that know the scene)."""
-    scene = args.scene or FOURDFY_SCENE
-    if scene not in SCENES:
-        raise Gen4DError(f"unknown scene {scene!r}; choose from {', '.join(SCENES)}")
+    scene = pick_scene(args, FOURDFY_SCENE)
     t0 = time.perf_counter()
     out = Path(args.out)
     recipe = fourdfy.RECIPE
