@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -140,3 +141,39 @@ def test_multi_view_sets_share_one_camera_and_clips_start_at_a_random_offset():
         assert torch.allclose(torch.diff(t), torch.full((15,), 1 / 16)) and 0 <= float(t[0]) < 1 / 16
         starts.append(float(t[0]))
     assert len(set(starts)) == 20  # a new offset every clip
+
+
+def test_vsd_lora_carries_from_the_refine_stage_into_the_dynamic_one_across_a_restart(tmp_path):
+    """Killed when the refine stage has just finished: the dynamic stage of the resumed run starts from the LoRA the
+    refine stage trained, as the uninterrupted run does."""
+    cfg = config("refine.iterations=2", "dynamic.image_probability=0.5", "dynamic.video_probability=0.25",
+                 "dynamic.multi_view_probability=0.25")
+    whole = tmp_path / "whole"
+    fourdfy.run_fourdfy(cfg, whole, quiet=True)
+    resumed = tmp_path / "resumed"
+    assert fourdfy.run_fourdfy(cfg, resumed, quiet=True, stop_after_step=7) == {}  # one step into the dynamic stage
+    assert json.loads((resumed / "stages" / "refine" / "state.json").read_text())["complete"]
+    shutil.rmtree(resumed / "stages" / "dynamic")  # as if killed before its first checkpoint
+    fourdfy.run_fourdfy(cfg, resumed, quiet=True)
+    a = load_file(str(whole / "stages" / "dynamic" / "checkpoint.safetensors"))
+    b = load_file(str(resumed / "stages" / "dynamic" / "checkpoint.safetensors"))
+    keys = [k for k in a if k.startswith(("model.", "extra."))]
+    assert any(k.startswith("extra.lora.") for k in keys) and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_vsd_lora_start_depends_on_the_seed_only():
+    """Two runs' VSD LoRAs start equal whatever the global random stream did before (model loading draws from it),
+    within peft's Kaiming-uniform bound for A and at zero for B."""
+    cfg = config()
+    starts = []
+    for draws in (0, 1000):
+        torch.rand(draws)
+        fr = FourDfyRun(cfg, resolve_device("cpu"), build_prior)
+        named = [(n, p.detach().clone()) for n, p in fr.branches.image.unet.named_parameters() if "lora_" in n]
+        starts.append(named)
+    assert starts[0] and all(torch.equal(a, b) for (_, a), (_, b) in zip(*starts))
+    for name, p in starts[0]:
+        if "lora_B" in name:
+            assert not p.any()
+        else:
+            assert p.abs().max() <= 1 / p[0].numel() ** 0.5 and p.abs().max() > 0.5 / p[0].numel() ** 0.5

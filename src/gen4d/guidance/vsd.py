@@ -22,6 +22,7 @@ execution device because the LoRA's gradients need its weights there.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -75,6 +76,17 @@ class VariationalScoreDistillation(StableDiffusionGuidance):
             p.data = p.data.float()  # trained in fp32 whatever the frozen weights' precision
             p.requires_grad_(True)
         self.place(device)
+
+    @torch.no_grad()
+    def reset_lora(self, generator: torch.Generator) -> None:
+        """Draw the LoRA's starting weights from ``generator`` (peft's init: A Kaiming-uniform with a = sqrt(5), B = 0),
+        so a run's LoRA does not depend on how much of the global random stream loading the models used."""
+        for name, p in self.unet.named_parameters():
+            if "lora_A" in name:
+                bound = 1.0 / math.sqrt(p[0].numel())  # kaiming_uniform_(a=sqrt(5)): gain sqrt(1 / 3), bound gain * sqrt(3 / fan_in)
+                p.copy_((torch.rand(p.shape, generator=generator) * 2.0 - 1.0).mul_(bound).to(p))
+            elif "lora_B" in name:
+                p.zero_()
 
     def lora_parameters(self) -> list[nn.Parameter]:
         """The trainable LoRA weights (for the LoRA's optimiser)."""

@@ -338,12 +338,13 @@ def branch_counts(losses: ScoreDistillation):
 class FourDfyRun:
     """What the stages of one run share."""
 
-    def __init__(self, cfg: FourDfyConfig, device: torch.device, priors: PriorFactory):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: FourDfyConfig, device: torch.device, priors: PriorFactory, run: RunDir | None = None):
+        self.cfg, self.device, self.run = cfg, device, run
         self.white = torch.ones(3, device=device)
-        with torch.random.fork_rng(devices=[]):  # VSD's LoRA starts from the run's seed, whatever ran before
-            torch.manual_seed(cfg.seed)
-            self.branches = Branches(cfg, device, priors)
+        self.branches = Branches(cfg, device, priors)
+        reset = getattr(self.branches.image, "reset_lora", None)
+        if callable(reset):  # VSD's LoRA starts from the run's seed, whatever loading the models drew
+            reset(torch.Generator().manual_seed(cfg.seed))
 
     def init_scene(self) -> Scene4D:
         g = torch.Generator().manual_seed(self.cfg.seed)
@@ -361,7 +362,21 @@ class FourDfyRun:
             img = scene.render(cams, background=self.white).rgb
         save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
 
-    def gaussian_stage(self, name: str, iterations: int, terms: list[GuidanceTerm], seed: int, densify: bool) -> Stage:
+    def carry_lora(self, earlier: list[str]) -> None:
+        """A stage starting fresh takes VSD's LoRA as the last earlier stage that trained it left it (read from that
+        stage's checkpoint: the same numbers an uninterrupted run holds in memory, also after a restart)."""
+        state = self.branches.lora_state()
+        if state is None or self.run is None:
+            return
+        for name in reversed(earlier):
+            ckpt = self.run.load_checkpoint(name)
+            lora = {k[len("extra."):]: v for k, v in (ckpt[0] if ckpt else {}).items() if k.startswith("extra.lora.")}
+            if lora:
+                state[1]({k: v.to(self.device) for k, v in lora.items()})
+                return
+
+    def gaussian_stage(self, name: str, iterations: int, terms: list[GuidanceTerm], seed: int, densify: bool,
+                       earlier: tuple[str, ...] = ()) -> Stage:
         cfg, lr = self.cfg, self.cfg.lr
         b = self.branches
         losses = ScoreDistillation(terms, rule="one" if len(terms) > 1 else "sum", background=self.white)
@@ -376,8 +391,13 @@ class FourDfyRun:
         strategy = None
         if densify:
             strategy = DensifyStrategy(dataclasses.replace(cfg.densify, refine_stop=int(cfg.densify_until * iterations)), 1.0)
+        def prepare(scene: Scene4D) -> Scene4D:
+            if lora:
+                self.carry_lora(list(earlier))
+            return scene
+
         return Stage(
-            name=name, iterations=iterations, seed=seed, make_optimizers=optimizers,
+            name=name, iterations=iterations, seed=seed, make_optimizers=optimizers, prepare=prepare,
             learning_rates=lambda step: {"means": exp_decay(step, iterations, lr.means, lr.means_final)},
             losses=losses, strategy=strategy, preview=self.preview, checkpoint_every=cfg.checkpoint_every,
             preview_every=cfg.preview_every, extra_tensors=b.lora_state() if lora else None, extra_state=branch_counts(losses),
@@ -397,7 +417,7 @@ class FourDfyRun:
                               cfg.mv_timesteps, r.multi_view_probability, None)]
         if b.image is not None:
             terms.append(b.image_term("zero", 1.0 - r.multi_view_probability, None))
-        return self.gaussian_stage("refine", r.iterations, terms, cfg.seed * 1000 + 2, densify=False)
+        return self.gaussian_stage("refine", r.iterations, terms, cfg.seed * 1000 + 2, densify=False, earlier=("static",))
 
     def dynamic_stage(self) -> Stage:
         cfg, b, d, lr = self.cfg, self.branches, self.cfg.dynamic, self.cfg.lr
@@ -410,6 +430,11 @@ class FourDfyRun:
         lora = b.lora() if b.image is not None and d.image_probability > 0 else []
         static_lr = {k: v * d.static_lr_scale for k, v in dataclasses.asdict(lr).items()}
 
+        def prepare(scene: Scene4D) -> Scene4D:
+            if lora:
+                self.carry_lora(["static", "refine"])
+            return scene.attach_deformation(cfg.deformation, cfg.seed)
+
         def optimizers(scene: Scene4D):
             opts = gaussian_optimizers(scene, LearningRates(**static_lr), 1.0)
             opts["deformation"] = deformation_optimizer(scene, lr, 1.0)
@@ -419,7 +444,7 @@ class FourDfyRun:
 
         return Stage(
             name="dynamic", iterations=n, seed=cfg.seed * 1000 + 3,
-            prepare=lambda scene: scene.attach_deformation(cfg.deformation, cfg.seed),
+            prepare=prepare,
             make_optimizers=optimizers,
             learning_rates=lambda step: {"means": static_lr["means"],
                                          "deformation": [exp_decay(step, n, lr.grid, lr.grid_final), exp_decay(step, n, lr.mlp, lr.mlp_final)]},
@@ -435,7 +460,7 @@ def run_fourdfy(cfg: FourDfyConfig, out: str | Path, command: str = "gen4d text 
     device = resolve_device(cfg.device)
     run = RunDir(out)
     run.prepare(config_yaml(cfg), command)
-    fr = FourDfyRun(cfg, device, priors)
+    fr = FourDfyRun(cfg, device, priors, run)
     stages = [fr.static_stage()] + ([fr.refine_stage()] if cfg.refine.iterations > 0 else []) + [fr.dynamic_stage()]
     asset = AssetInfo(final_stage="dynamic", frames=cfg.export.frames or cfg.video.frames, radius=3.0,
                       deformation=dataclasses.asdict(cfg.deformation), export=dataclasses.asdict(cfg.export), device=cfg.device)
