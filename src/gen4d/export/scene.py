@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .animated_glb import write_animated_glb
 from .images import to_uint8
 from .mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
 from .ply import save_inria_ply
-from .texture import save_textured_sequence, texture_image, textured_mesh
+from .texture import save_textured_sequence, textured_mesh
 from .video import write_video
 
 FORMATS = ("ply", "mesh", "glb", "textured", "mp4")
@@ -74,6 +73,13 @@ def export_scene(
     times = frame_times(n_frames)
     frames = [scene.frame_at(float(t)).detach() for t in times]
     written: dict[str, list[str]] = {}
+    first: list = []  # the first frame's surface, extracted once for every format that uses it
+
+    def first_mesh():
+        if not first:
+            first.append(extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold))
+        return first[0]
+
     if "ply" in formats:
         paths = []
         for i, f in enumerate(track(frames, description="export ply", disable=quiet)):
@@ -84,7 +90,7 @@ def export_scene(
     if "mesh" in formats:
         paths = []
         for i, f in enumerate(track(frames, description="export meshes", disable=quiet)):
-            mesh = extract_mesh(f, resolution=config.mesh_resolution, threshold=config.mesh_threshold)
+            mesh = first_mesh() if i == 0 else extract_mesh(f, resolution=config.mesh_resolution, threshold=config.mesh_threshold)
             for ext, save in (("obj", save_obj), ("glb", save_glb)):
                 p = out_dir / "mesh" / f"frame_{i:04d}.{ext}"
                 save(p, mesh)
@@ -92,7 +98,7 @@ def export_scene(
         written["mesh"] = paths
     if "glb" in formats:
         # One fixed-topology mesh (the first frame's), carried along by its nearest Gaussians.
-        base = extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold)
+        base = first_mesh()
         means = torch.stack([f.means for f in frames])
         verts = skin_to_gaussians(torch.as_tensor(base.vertices), frames[0].means, means)
         p = out_dir / "animated.glb"
@@ -103,16 +109,15 @@ def export_scene(
         # one topology, carried along by its nearest Gaussians as the animated GLB's mesh
         tm = scene.mesh
         if tm is None:
-            tm = textured_mesh(extract_mesh(frames[0], resolution=config.mesh_resolution, threshold=config.mesh_threshold), config.texture_size)
+            tm = textured_mesh(first_mesh(), config.texture_size)
         tm = TexturedMesh.from_tensors({k: v.detach().cpu() for k, v in tm.tensors().items()})  # a CPU copy
         means = torch.stack([f.means.cpu() for f in frames])
         verts = np.asarray(skin_to_gaussians(tm.vertices, frames[0].means.cpu(), means))
         folder = out_dir / "textured"
         paths = save_textured_sequence(folder, tm, verts)
-        png = io.BytesIO()
-        texture_image(tm).save(png, format="PNG")
+        (png,) = [q for q in paths if q.endswith(".png")]  # the material's texture, as written: encoded once
         p = folder / "animated.glb"
-        write_animated_glb(p, verts, tm.faces.numpy(), None, fps=config.fps, uvs=tm.uvs.numpy(), texture_png=png.getvalue())
+        write_animated_glb(p, verts, tm.faces.numpy(), None, fps=config.fps, uvs=tm.uvs.numpy(), texture_png=Path(png).read_bytes())
         written["textured"] = [*paths, str(p)]
     if "mp4" in formats:
         p = out_dir / "orbit.mp4"
