@@ -8,6 +8,7 @@
     gen4d text "PROMPT" --out DIR        text -> 4D
     gen4d motion train VIDEO --out DIR   MotionDirector: learn a motion LoRA from reference video(s)
     gen4d motion sample "PROMPT" --out DIR [--motion DIR]   text -> video with a learned motion
+    gen4d subject train IMAGES --token sks --class dog --out DIR   DreamBooth LoRA of a subject (dreamin4d --subject)
     gen4d export DIR --format glb|obj|textured|ply|mp4   (re-)export a finished run
     gen4d eval DIR --data C4D [--object NAME]   render a run at the Consistent4D cameras and score it
     gen4d models [--recipe NAME]         the models each recipe needs, and which are in the local cache
@@ -44,6 +45,7 @@ INPUTS = {
     "text": ("PROMPT", 'what to generate, e.g. "a corgi running"'),
     "motion train": ("INPUT", "a video, a folder of frames, a folder of videos (prompt in VIDEO.txt) or of images (preset appearance)"),
     "motion sample": ("PROMPT", "what to generate"),
+    "subject train": ("IMAGES", "a folder of images of the subject (or one image)"),
 }
 HELP = {
     "reconstruct": "multi-view video in D-NeRF format -> 4D Gaussians",
@@ -52,6 +54,7 @@ HELP = {
     "text": "text -> 4D",
     "motion train": "MotionDirector: train dual-path (spatial + temporal) LoRA on reference video(s)",
     "motion sample": "text -> video with a learned motion (DDIM, optional inversion noise prior)",
+    "subject train": "DreamBooth LoRA of a personalised subject (for gen4d text --recipe dreamin4d --subject DIR)",
 }
 
 
@@ -205,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = motion.add_subparsers(dest="motion_command", required=True)
     _add_recipe_command(msub, "motion train", "train")
     _add_recipe_command(msub, "motion sample", "sample")
+
+    subject = sub.add_parser("subject", help="a personalised subject: DreamBooth LoRA from a few images")
+    ssub = subject.add_subparsers(dest="subject_command", required=True)
+    _add_recipe_command(ssub, "subject train", "train")
 
     p = sub.add_parser("eval", help="Consistent4D evaluation: PSNR, SSIM, LPIPS, CLIP similarity, FVD")
     p.add_argument("dir", nargs="?", default=None, help="a finished run directory (e.g. of gen4d video)")

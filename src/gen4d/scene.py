@@ -116,13 +116,27 @@ class Scene4D(nn.Module):
                 f.means, f.quats, f.scales, f.opacities, f.sh, cameras.viewmats, cameras.Ks, cameras.width,
                 cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
             )
-        times, inverse = torch.unique(cameras.times, return_inverse=True)
-        frames = [self.frame_at(t) for t in times]
-        # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
-        # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
-        stacked = [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
-        means, quats, scales, opacities = stacked
+        frames, (means, quats, scales, opacities) = self._frames_per_camera(cameras)
         return rasterize(
             means, quats, scales, opacities, frames[0].sh, cameras.viewmats, cameras.Ks, cameras.width,
             cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
         )
+
+    def _frames_per_camera(self, cameras: Cameras):
+        """The frames at the cameras' distinct times, and their means, quats, scales, opacities per camera."""
+        times, inverse = torch.unique(cameras.times, return_inverse=True)
+        frames = [self.frame_at(t) for t in times]
+        # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
+        # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
+        return frames, [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
+
+    def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto") -> Tensor:
+        """``[C, H, W, 3]``: the deformation's displacement of the means at each camera's time, composited like
+        colours (alpha-weighted, 0 where nothing is): Dream-in-4D's rendered ``comp_displacement``."""
+        if self.deformation is None:
+            raise ValueError("a scene without a deformation field has no displacement to render")
+        antialiased = self.antialiased if antialiased is None else antialiased
+        _, (means, quats, scales, opacities) = self._frames_per_camera(cameras)
+        displacement = means - self.gaussians.params["means"][None]
+        return rasterize(means, quats, scales, opacities, displacement, cameras.viewmats, cameras.Ks, cameras.width,
+                         cameras.height, antialiased=antialiased, backend=backend).rgb

@@ -36,7 +36,7 @@ from ..guidance.sds import TimestepSchedule
 from ..scene import Scene4D
 from ..training.loop import StepLosses
 from ..training.losses import regulariser_losses
-from .views import ViewSampling, sample_views
+from .views import ViewBatch, ViewSampling, sample_views
 
 Schedule = float | Callable[[int], float]
 """A number, or a function of the stage's step."""
@@ -76,6 +76,15 @@ class GuidanceTerm:
     """Render through the deformation field (False: the canonical Gaussians, e.g. a static stage)."""
     densify: bool = True
     """Feed this term's render statistics (screen-space gradients of its views) to the densification strategy."""
+    azimuth_limit: float = 180.0
+    """Only views with an azimuth strictly within this many degrees of the front (azimuth 0) reach the prior; a
+    step with none skips the term (Dream-in-4D's ``SD_view``: 180 = every view, 145 = no SD on the back)."""
+    share_views: str | None = None
+    """Name of a term earlier in the list whose views and render this term judges too (same step, no second render:
+    Dream-in-4D's SD guidance sees MVDream's views); None: the term draws and renders its own."""
+    view_losses: Callable[[Scene4D, ViewBatch], dict[str, Tensor]] | None = None
+    """Further losses on the step's views (e.g. a smoothness of the displacement rendered at those cameras), already
+    weighted; they reach the term's ``groups`` and are named ``<term>_<key>``."""
 
 
 @dataclass
@@ -102,6 +111,12 @@ class ReferenceViews:
 
     def __len__(self) -> int:
         return len(self.cameras)
+
+
+def azimuth_within(azimuth_deg: Tensor, limit_deg: float) -> Tensor:
+    """Views whose azimuth, wrapped to [-180, 180), lies strictly within ``limit_deg`` of the front (azimuth 0)."""
+    wrapped = torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
+    return (wrapped > -limit_deg) & (wrapped < limit_deg)
 
 
 def depth_correlation_loss(depth: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -183,15 +198,42 @@ class ScoreDistillation:
             losses["depth"] = w_depth * depth_correlation_loss(out.depth, depth, alpha)
         return losses, out.meta, time
 
+    def term_views(self, term: GuidanceTerm, scene: Scene4D, step: int, generator: torch.Generator, background,
+                   reference_time: float | None, shared: dict[str, tuple[ViewBatch, Any]]):
+        """The term's views and their render: its own draw, or those of the term it shares with (``share_views``),
+        kept to the views within ``azimuth_limit`` (None when no view is)."""
+        if term.share_views is not None:
+            if term.share_views not in shared:
+                raise Gen4DError(f"term {term.name!r} shares the views of {term.share_views!r}, which did not run before it")
+            views, out = shared[term.share_views]
+        else:
+            size = at(term.resolution, step)
+            width, height = (size, size) if isinstance(size, int) else size
+            reference_times = None if self.reference is None else self.reference.cameras.times
+            views, out = sample_views(term.views, generator, width, height, reference_time, reference_times), None
+        if term.azimuth_limit < 180.0:
+            if views.frames > 1:
+                raise Gen4DError(f"term {term.name!r}: azimuth_limit applies to still views, not clips")
+            keep = torch.nonzero(azimuth_within(views.azimuth_deg, term.azimuth_limit)).flatten()
+            if len(keep) == 0:
+                return None, None
+            if len(keep) < len(views.azimuth_deg):
+                views = views.select(keep)
+                out = None if out is None else out.select(keep.to(out.rgb.device))
+        if out is None:
+            device = scene.gaussians.params["means"].device
+            views = views.to(device)
+            out = scene.render(views.cameras, background=background, deform=term.deform)
+        return views, out
+
     def term_losses(self, term: GuidanceTerm, scene: Scene4D, step: int, generator: torch.Generator, background,
-                    reference_time: float | None):
-        size = at(term.resolution, step)
-        width, height = (size, size) if isinstance(size, int) else size
-        reference_times = None if self.reference is None else self.reference.cameras.times
-        views = sample_views(term.views, generator, width, height, reference_time, reference_times)
-        device = scene.gaussians.params["means"].device
-        cams = views.cameras.to(device)
-        out = scene.render(cams, background=background, deform=term.deform)
+                    reference_time: float | None, shared: dict[str, tuple[ViewBatch, Any]] | None = None):
+        shared = {} if shared is None else shared
+        views, out = self.term_views(term, scene, step, generator, background, reference_time, shared)
+        if views is None:
+            return {}, None, 0
+        shared[term.name] = (views, out)
+        cams = views.cameras
         images = out.rgb.permute(0, 3, 1, 2)
         if views.frames > 1:
             images = images.reshape(-1, views.frames, *images.shape[1:])
@@ -200,7 +242,11 @@ class ScoreDistillation:
             frame = (cams.times * (len(reference) - 1)).round().long().clamp(0, len(reference) - 1)
             reference = reference.select(frame.cpu())
         cond = views.conditioning(prompt=term.prompt, reference=reference, num_views=term.views.views)
-        return term.prior(images, cond, step, generator, schedule=term.timesteps), out.meta, len(cams)
+        losses = term.prior(images, cond, step, generator, schedule=term.timesteps)
+        if term.view_losses is not None:
+            losses = {**losses, **{f"view_{k}": v for k, v in term.view_losses(scene, views).items()}}
+        meta = None if term.share_views is not None else out.meta  # a shared render's statistics count once
+        return losses, meta, len(cams)
 
     # ------------------------------------------------------------------------------------------------ a step
     def __call__(self, scene: Scene4D, step: int, generator: torch.Generator) -> StepLosses:
@@ -219,19 +265,26 @@ class ScoreDistillation:
                 params = self._params(scene, self.reference.groups)
                 routes.update({k: params for k in ref_losses})
         lr_scale: dict[str, float] = {}
+        shared: dict[str, tuple[ViewBatch, Any]] = {}
         for term in self.choose(generator):
             w = at(term.weight, step)
             if not w:
                 continue
+            out, term_meta, n_images = self.term_losses(term, scene, step, generator, background, reference_time, shared)
+            if not n_images:  # no view within the term's azimuth limit this step
+                continue
             self.history[term.name] += 1
-            out, term_meta, n_images = self.term_losses(term, scene, step, generator, background, reference_time)
-            if term.densify:
+            if term.densify and term_meta is not None:
                 metas.append(term_meta)
             for key, value in out.items():
                 if key == term.prior.loss_name:
                     losses[term.name] = w * value / n_images if term.per_view else w * value
                     if term.groups is not None:
                         routes[term.name] = self._params(scene, term.groups)
+                elif key.startswith("view_"):  # the term's own view losses: weighted already, routed like the term
+                    losses[f"{term.name}_{key[5:]}"] = value
+                    if term.groups is not None:
+                        routes[f"{term.name}_{key[5:]}"] = self._params(scene, term.groups)
                 else:  # e.g. VSD's LoRA loss: unweighted, it reaches only the prior's own parameters
                     losses[f"{term.name}_{key.removeprefix('loss_')}"] = value
             lr_scale.update(term.lr_scale)

@@ -51,6 +51,15 @@ class ViewSampling:
     shared_camera: bool = False
     """One elevation, radius and field of view for all views of a step (a multi-view prior's camera set: MVDream's
     4 views differ only in azimuth); False: each view draws its own."""
+    clip_span: tuple[float, float] = (1.0, 1.0)
+    """``times=clip``: the clip covers a random length ``L`` in this range of [0, 1] from a random start in
+    ``[0, 1 - L]``, its ``frames`` times evenly spaced from start to start + L (Dream-in-4D's ``delta_time 0.2``:
+    L in [0.8, 1.0]); (1, 1): the whole of [0, 1]."""
+    relative_radius: bool = False
+    """``radius`` is relative: the camera distance is ``r / tan(fov / 2)``, so the object fills the same part of the
+    image at every field of view (threestudio's ``relative_radius``, MVDream's and Dream-in-4D's cameras)."""
+    vertical_fov: bool = False
+    """``fov_deg`` is the vertical field of view (threestudio's ``fovy``); False: horizontal."""
 
     def check(self) -> None:
         if self.views < 1 or self.frames < 1:
@@ -59,6 +68,9 @@ class ViewSampling:
             raise Gen4DError(f"times must be one of {', '.join(TIME_MODES)}, got {self.times!r}")
         if self.azimuth_layout not in ("random", "even"):
             raise Gen4DError(f"azimuth_layout must be random or even, got {self.azimuth_layout!r}")
+        lo, hi = self.clip_span
+        if not 0.0 < lo <= hi <= 1.0:
+            raise Gen4DError(f"clip_span must satisfy 0 < low <= high <= 1, got {self.clip_span}")
         for name in ("elevation_deg", "azimuth_deg", "radius", "fov_deg"):
             lo, hi = getattr(self, name)
             if hi < lo:
@@ -77,6 +89,18 @@ class ViewBatch:
     times: Tensor
     frames: int = 1
     """Frames per clip (1 for still views): renders reshape to ``[N / frames, frames, 3, H, W]``."""
+
+    def select(self, index: Tensor) -> "ViewBatch":
+        """Views ``index`` (still views only)."""
+        c = self.cameras
+        i = index.cpu()
+        cams = Cameras(c.viewmats[index.to(c.viewmats.device)], c.Ks[index.to(c.Ks.device)], c.width, c.height,
+                       c.times[index.to(c.times.device)])
+        return ViewBatch(cams, self.elevation_deg[i], self.azimuth_deg[i], self.radius[i], self.fov_deg[i], cams.times, self.frames)
+
+    def to(self, device) -> "ViewBatch":
+        cams = self.cameras.to(device)
+        return ViewBatch(cams, self.elevation_deg, self.azimuth_deg, self.radius, self.fov_deg, cams.times, self.frames)
 
     def conditioning(self, **fields) -> Conditioning:
         """The cameras and times as a :class:`~gen4d.guidance.base.Conditioning` (plus ``fields``)."""
@@ -129,15 +153,22 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         if s.clip_offset:
             t0 = float(torch.rand((), generator=generator)) / frames
             times = (t0 + torch.arange(frames, dtype=torch.float32) / frames).repeat(n)
+        elif s.clip_span != (1.0, 1.0):
+            length = _uniform(*s.clip_span, n, generator)
+            start = torch.rand(n, generator=generator) * (1.0 - length)
+            times = (start[:, None] + length[:, None] * frame_times(frames).float()[None]).reshape(-1)
         else:
             times = frame_times(frames).float().repeat(n)
     N = len(az)
-    r_arg = s.radius[0] if radius is None else radius
-    fov0 = math.radians(s.fov_deg[0])
-    cams = orbit_cameras(az, el, r_arg, fov0, width, height, times=times)
-    if fov is not None:
-        cams = Cameras(cams.viewmats, torch.stack([intrinsics_from_fov(math.radians(float(f)), width, height).float() for f in fov]),
-                       width, height, cams.times)
     radius_t = torch.full((N,), float(s.radius[0])) if radius is None else radius
     fov_t = torch.full((N,), float(s.fov_deg[0])) if fov is None else fov
+    if s.relative_radius:  # threestudio: distance = r / tan(fovy / 2), with the field of view as drawn
+        radius_t = radius_t / torch.tan(torch.deg2rad(fov_t) / 2)
+    if s.vertical_fov:  # the horizontal field of view of a width x height image with that vertical one
+        fov_t = torch.rad2deg(2 * torch.atan(torch.tan(torch.deg2rad(fov_t) / 2) * width / height))
+    r_arg = s.radius[0] if radius is None and not s.relative_radius else radius_t
+    cams = orbit_cameras(az, el, r_arg, math.radians(float(fov_t[0])), width, height, times=times)
+    if fov is not None or s.vertical_fov:
+        cams = Cameras(cams.viewmats, torch.stack([intrinsics_from_fov(math.radians(float(f)), width, height).float() for f in fov_t]),
+                       width, height, cams.times)
     return ViewBatch(cams, el, az, radius_t, fov_t, cams.times, frames)

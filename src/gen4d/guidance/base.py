@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..devices import DTYPES, Precision
 from .prompts import PromptEmbeddings
-from .sds import TimestepSchedule, Weighting, classifier_free_guidance, sds_loss, x0_loss
+from .sds import TimestepSchedule, Weighting, classifier_free_guidance, ddim_step, sds_loss, stopgrad_target_loss, x0_loss
 
 
 @dataclass
@@ -49,6 +49,8 @@ class GuidanceConfig:
     """sds: w(t) = 1 - alpha_bar_t; uniform: w = 1; x0: regress the denoised latent (MVDream)."""
     std_rescale: float = 0.0
     """With weighting x0: blend of the std-matched denoised target (MVDream uses 0.5)."""
+    hifa_steps: int = 1
+    """With weighting hifa: DDIM steps (eta 1) from x_t to the target (Dream-in-4D's ``num_hifa_steps``)."""
     precision: Precision = "fp32"
     """Weights and activations of the frozen networks: fp32 | fp16 | bf16."""
     attention_slicing: bool = False
@@ -210,6 +212,27 @@ class DiffusionGuidance(nn.Module):
             return sds_loss(x, eps_hat, baseline, a, self.config.weighting)[0]
         return x0_loss(x, x_t, eps_hat, a, eps_cond=eps_cond, std_rescale=self.config.std_rescale, group=group)
 
+    def hifa_target(self, x_t: Tensor, t: Tensor, eps_hat: Tensor, cond: Conditioning,
+                    generator: torch.Generator | None) -> Tensor:
+        """HiFA's target (``sds.py``): ``hifa_steps`` DDIM steps with eta 1 from ``x_t``, each ``T // hifa_steps``
+        timesteps down (the guided prediction at each; ``eps_hat`` is the first), the last to ``alpha_bar_0``
+        (a DDIM schedule with ``set_alpha_to_one: false``, as ZeroScope's). Called under ``torch.no_grad``."""
+        stride = self.num_train_timesteps // max(1, self.config.hifa_steps)
+        x, t, eps = x_t, t.clone(), eps_hat
+        while True:
+            active = t > 0
+            prev = t - stride
+            a_t = self.alphas_cumprod[t.clamp_min(0)]
+            a_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], self.alphas_cumprod[0])
+            noise = torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else None).to(x)
+            stepped = ddim_step(x, eps, a_t, a_prev, noise)
+            x = torch.where(active.reshape(-1, *([1] * (x.dim() - 1))), stepped, x)
+            t = torch.where(active, prev, t)
+            if not bool((t > 0).any()):
+                return x
+            eps_cond, eps_uncond = self.predict_noise(x, t.clamp_min(0), cond)
+            eps = self.guide(eps_uncond, eps_cond, self.config.guidance_scale)
+
     def draw(self, x: Tensor, step: int, group: int, generator: torch.Generator | None,
              t: Tensor | int | None = None, noise: Tensor | None = None,
              schedule: TimestepSchedule | None = None) -> tuple[Tensor, Tensor]:
@@ -244,7 +267,13 @@ class DiffusionGuidance(nn.Module):
             eps_cond, eps_uncond = self.predict_noise(x_t, t, cond)
             eps_hat = self.guide(eps_uncond, eps_cond, self.config.guidance_scale)
             baseline = self.baseline_noise(x_t, t, cond, noise)
-        loss = self.distillation_loss(x, x_t, baseline, eps_hat, t, eps_cond=eps_cond, group=group)
+        if self.config.weighting == "hifa":
+            with torch.no_grad():
+                target = self.hifa_target(x_t, t, eps_hat, cond, generator)
+            self.last_info["target"] = target
+            loss = stopgrad_target_loss(x, x - target)
+        else:
+            loss = self.distillation_loss(x, x_t, baseline, eps_hat, t, eps_cond=eps_cond, group=group)
         # Every variant is 1/2 ||x - stopgrad(target)||^2, so the gradient's norm is sqrt(2 loss).
         self.last_info.update({
             "t": t.detach(), "noise": noise, "latents": x.detach(), "x_t": x_t, "eps_hat": eps_hat, "eps_cond": eps_cond,

@@ -20,6 +20,10 @@ denoised target of HiFA (Zhu et al. 2023) and MVDream's x0 reconstruction:
       rescaled so its per-sample std matches the prediction without CFG (``std_rescale``, MVDream uses 0.5);
       L = 1/2 || x - stopgrad(x0_hat) ||^2. Since x - x0_hat = sqrt((1 - a) / a) (eps_hat - eps), this is SDS
       with w(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t).
+    * ``hifa``: HiFA's multi-step target (Dream-in-4D's ``use_hifa``, ``num_hifa_steps = n``): from x_t, n DDIM steps
+      with eta = 1 (each ``T / n`` timesteps down, the last to ``alpha_bar = alpha_bar_0``) with the guided prediction
+      give x_hat; L = 1/2 || x - stopgrad(x_hat) ||^2. With n = 1 this is the x0 target (up to the last step's
+      alpha_bar_0 < 1).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Weighting = Literal["sds", "uniform", "x0"]
+Weighting = Literal["sds", "uniform", "x0", "hifa"]
 
 
 def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
@@ -149,3 +153,15 @@ def x0_loss(
         factor = factor.repeat_interleave(group)
         x0 = std_rescale * (x0 * _bcast(factor, x0)) + (1 - std_rescale) * x0
     return stopgrad_target_loss(x, x - x0.detach())
+
+
+def ddim_step(x_t: Tensor, eps: Tensor, alpha_t: Tensor, alpha_prev: Tensor, noise: Tensor, eta: float = 1.0) -> Tensor:
+    """One DDIM step (Song et al. 2021, eq. 12) from ``x_t`` to the timestep with ``alpha_bar = alpha_prev``:
+
+        x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t),   sigma^2 = eta^2 (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)
+        x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise
+    """
+    a_t, a_prev = _bcast(alpha_t, x_t), _bcast(alpha_prev, x_t)
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    var = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    return a_prev.sqrt() * x0 + (1 - a_prev - var).clamp_min(0).sqrt() * eps + var.sqrt() * noise

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..models.registry import load_pretrained
 from .base import Conditioning, DiffusionGuidance, GuidanceConfig, make_config
 from .prompts import PromptEncoder, TextConditioned
+from .subject_lora import load_subject_lora
 from .vae import decode_latents, encode_latents, vae_downsampling
 
 
@@ -48,6 +49,9 @@ class StableDiffusionConfig(GuidanceConfig):
     """Folder of the text-embedding cache (None: ``$GEN4D_CACHE/prompts`` or ``~/.cache/gen4d/prompts``)."""
     latent_renders: bool = False
     """The renders are already SD latents ``[B, 4, h, w]`` (a latent-space representation, as in latent NeRFs)."""
+    lora: str = ""
+    """A DreamBooth LoRA of a personalised subject (file or folder, either layout: :mod:`~gen4d.guidance.subject_lora`)
+    loaded into the U-Net; empty: none."""
 
 
 class StableDiffusionGuidance(TextConditioned, DiffusionGuidance):
@@ -68,6 +72,8 @@ class StableDiffusionGuidance(TextConditioned, DiffusionGuidance):
             raise ValueError(f"{config.model}: prediction type {self.prediction_type!r} is not supported (epsilon only)")
         self.unet: nn.Module = load_pretrained(UNet2DConditionModel, config.model, subfolder="unet", torch_dtype=self.dtype)
         self.vae: nn.Module = load_pretrained(AutoencoderKL, config.model, subfolder="vae", torch_dtype=self.dtype)
+        if config.lora:
+            load_subject_lora(self.unet, config.lora)
         self.freeze(self.unet, self.vae)
         if config.attention_slicing:
             self.unet.set_attention_slice("auto")

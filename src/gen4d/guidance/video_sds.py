@@ -38,7 +38,7 @@ from ..models.registry import load_pretrained
 from .base import Conditioning, DiffusionGuidance, GuidanceConfig
 from .prompts import PromptEncoder, TextConditioned
 from .sds import TimestepSchedule
-from .vae import encode_latents, latent_shape
+from .vae import decode_latents, encode_latents, latent_shape
 
 
 @dataclass
@@ -61,6 +61,13 @@ class VideoSDSConfig(GuidanceConfig):
     """Frames per VAE call for the frames encoded without gradient; 0: all at once (1 with vae_slicing)."""
     vae_sample: bool = True
     """Sample the VAE posterior (mean + std * noise) rather than take its mean."""
+    view_dependent: bool = False
+    """Append ``, front/side/back/overhead view`` to the prompt by the camera of each clip's first frame
+    (Dream-in-4D's ``view_dependent_prompting``); False: one prompt for every view (4D-fy)."""
+    color_weight: float = 0.0
+    """With weighting hifa: weight of HiFA's image-space loss, ``sum (frames - decode(target))^2 / B`` between the
+    frames at the model's resolution and the decoded target (Dream-in-4D's ``lambda_sds_color``: 0.1); returned
+    weighted as ``loss_sds_color``."""
 
 
 class VideoSDSGuidance(TextConditioned, DiffusionGuidance):
@@ -158,8 +165,26 @@ class VideoSDSGuidance(TextConditioned, DiffusionGuidance):
         """(eps_cond, eps_uncond) for noisy video latents ``x_t [B, C, T, h, w]`` (one U-Net call, batch 2B)."""
         cond.require("prompt", prior="the text-to-video prior")
         B = x_t.shape[0]
-        text, uncond = cond.prompt.get(B)
+        if cond.prompt.view_dependent and cond.azimuth_deg is not None:  # each clip by the view of its first frame
+            first = lambda v: None if v is None else v.reshape(B, -1)[:, 0]  # noqa: E731
+            text, uncond = cond.prompt.get(B, first(cond.azimuth_deg), first(cond.elevation_deg))
+        else:
+            text, uncond = cond.prompt.get(B)
         emb = torch.cat([text, uncond]).to(self.device, self.dtype)
         eps = self.unet(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]), encoder_hidden_states=emb).sample.float()
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_cond, eps_uncond
+
+    def forward(self, renders: Tensor, cond: Conditioning | None = None, step: int = 0,
+                generator: torch.Generator | None = None, **kw) -> dict[str, Tensor]:
+        """The distillation step; with HiFA and ``color_weight`` also the image-space loss (``VideoSDSConfig``)."""
+        out = super().forward(renders, cond, step, generator, **kw)
+        target = self.last_info.get("target")
+        if self.config.color_weight > 0 and target is not None:
+            B, C, T = target.shape[:3]
+            with torch.no_grad():
+                lat = target.permute(0, 2, 1, 3, 4).flatten(0, 1)
+                decoded = decode_latents(self.vae, lat, chunk=self.config.vae_chunk or (1 if self.config.vae_slicing else 0))
+            frames = self.resize(renders.to(self.device).flatten(0, 1).float())
+            out["loss_sds_color"] = self.config.color_weight * (frames - decoded.float()).square().sum() / B
+        return out

@@ -47,6 +47,9 @@ class Recipe:
     input_key: str = "input"
     """Configuration field of the command's positional argument."""
     input_is_path: bool = True
+    inputs: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    """Per command, where its positional argument goes and whether it is a path (e.g. ``text`` -> the prompt,
+    ``image`` -> the image file), overriding ``input_key`` / ``input_is_path``."""
     per_command: dict[str, dict] = field(default_factory=dict)
     """Fixed settings per command (e.g. ``{"video": {"mode": "video"}}``)."""
     options: tuple[Option, ...] = ()
@@ -77,7 +80,8 @@ class Recipe:
         base: dict = {}
         merge_nested(base, json.loads(json.dumps(self.per_command.get(command or "", {}))))
         if input is not None:
-            set_key(base, self.input_key, str(Path(input).resolve()) if self.input_is_path else input)
+            key, is_path = self.inputs.get(command or "", (self.input_key, self.input_is_path))
+            set_key(base, key, str(Path(input).resolve()) if is_path else input)
         for name, value in (("seed", seed), ("device", device)):
             if value is not None:
                 for key in self.shared_keys[name]:

@@ -34,6 +34,10 @@ class RenderOutput:
     depth: Tensor
     meta: dict = field(default_factory=dict)
 
+    def select(self, index: Tensor) -> "RenderOutput":
+        """The images of cameras ``index`` (the statistics in ``meta`` stay those of the whole render)."""
+        return RenderOutput(self.rgb[index], self.alpha[index], self.depth[index], self.meta)
+
 
 def _background(backgrounds: Tensor | None, C: int, D: int, like: Tensor) -> Tensor | None:
     if backgrounds is None:
