@@ -20,6 +20,9 @@ measured; a section that no longer fits the budget is skipped and says so):
    memory per stage (``bench_dg4d.py``).
 5. ``motion``      MotionDirector at ZeroScope size: seconds per training step with and without gradient
    checkpointing, projected to the recipe's 150 steps, and sampling (``bench_motion.py``).
+6. ``dreamin4d``   Dream-in-4D's static and dynamic stages at published sizes (MVDream + SD 2.1 on 4 views at
+   256 px; ZeroScope on 24 frames with HiFA): seconds per step and peak memory of each, and the projected hours of
+   each preset (``bench_dreamin4d.py``).
 
 ``--dry-run`` runs every section with tiny models and sizes on the CPU (gen4d's numba backend stands in for
 gsplat): the test suite runs it, so the GPU command is known to work before a GPU is lent.
@@ -49,6 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts, beside this one
 
 import bench_dg4d  # noqa: E402
+import bench_dreamin4d  # noqa: E402
 import bench_guidance  # noqa: E402
 import bench_motion  # noqa: E402
 from bench_rasterizer import random_scene  # noqa: E402
@@ -73,7 +77,7 @@ SIZES = {
 PRIORS = ("sd21", "mvdream", "zero123", "zeroscope")
 TINY = {"sd21": "sd21", "mvdream": "mvdream", "zero123": "stable-zero123", "zeroscope": "zeroscope"}
 """The tiny model standing in for each prior in a dry run."""
-MIN_SECONDS = {"rasterizer": 20, "priors": 60, "reconstruct": 60, "dg4d": 90, "motion": 60}
+MIN_SECONDS = {"rasterizer": 20, "priors": 60, "reconstruct": 60, "dg4d": 90, "motion": 60, "dreamin4d": 60}
 """Least time a section needs on one H100 (a section that cannot get it is skipped)."""
 
 
@@ -225,6 +229,11 @@ def motion_section(device: torch.device, dry: bool, cache: Path) -> dict:
     return bench_motion.run(bench_motion.resolve_args(args))
 
 
+def dreamin4d_section(device: torch.device, dry: bool, cache: Path) -> dict:
+    args = bench_dreamin4d.parser().parse_args(["--device", str(device), "--cache", str(cache)] + (["--small"] if dry else []))
+    return bench_dreamin4d.run(args)
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def print_table(record: dict) -> None:
     print(f"\ngpu_check on {record['machine'].get('gpu', record['machine']['device'])} "
@@ -255,6 +264,11 @@ def print_table(record: dict) -> None:
             stages = ", ".join(f"{r['part']} {r['seconds']:.1f} s" for r in part["rows"] if r["seconds"])
             peak = part.get("peak_gib")
             print(f"  dg4d         {part['total_seconds']:.0f} s total ({stages}); peak {'-' if peak is None else f'{peak:.2f} GiB'}")
+        elif name == "dreamin4d":
+            for stage, r in part["stages"].items():
+                peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+                print(f"  dreamin4d    {stage:<8} {r['seconds_per_step']:.3f} s/step  peak {peak}")
+            print("  dreamin4d    projected: " + ", ".join(f"{k} {v['hours']:.2f} h" for k, v in part["projected_hours"].items()))
         elif name == "motion":
             for r in part["training"]:
                 peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f} GiB"
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny models and sizes on the CPU (checks this script)")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for everything (default: 9 minutes)")
-    ap.add_argument("--sections", nargs="+", default=["rasterizer", "priors", "reconstruct", "dg4d", "motion"])
+    ap.add_argument("--sections", nargs="+", default=["rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d"])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/gen4d-published-size"), help="where published-size models are built")
     ap.add_argument("--json", type=Path, default=None, help="default: bench/results/gpu_check.json (--dry-run: gpu_check_dry.json)")
     args = ap.parse_args(argv)
@@ -290,13 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gen4d-gpu-check-"))
     compile_job = start_gsplat_compile() if "rasterizer" in args.sections else None
     # the priors first: they fill the time gsplat's compilation takes in the background
-    order = [s for s in ("priors", "rasterizer", "reconstruct", "dg4d", "motion") if s in args.sections]
+    order = [s for s in ("priors", "rasterizer", "reconstruct", "dg4d", "motion", "dreamin4d") if s in args.sections]
     runners = {
         "priors": lambda: priors_section(size, device, args.dry_run, args.cache, deadline - sum(MIN_SECONDS[s] for s in order[1:])),
         "rasterizer": lambda: rasterizer_section(size, device, compile_job),
         "reconstruct": lambda: reconstruct_section(size, device, work),
         "dg4d": lambda: dg4d_section(device, args.dry_run, args.cache),
         "motion": lambda: motion_section(device, args.dry_run, args.cache),
+        "dreamin4d": lambda: dreamin4d_section(device, args.dry_run, args.cache),
     }
     try:
         for name in order:

@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     sections = record["sections"]
-    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion"}
+    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d"}
     assert not any("error" in s or "skipped" in s for s in sections.values())
     # the fast backend matches the PyTorch one, forward and every gradient
     parity = sections["rasterizer"]["parity"]
@@ -34,4 +34,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     assert math.isfinite(sections["reconstruct"]["test_psnr"]) and sections["reconstruct"]["render_fps"] > 0
     assert {r["part"] for r in sections["dg4d"]["rows"]} >= {"static", "dynamic", "exports"}
     assert any(r["status"] == "ok" for r in sections["motion"]["training"])
+    d4 = sections["dreamin4d"]
+    assert set(d4["stages"]) == {"static", "dynamic"} and all(r["seconds_per_step"] > 0 for r in d4["stages"].values())
+    assert d4["projected_hours"]["paper"]["hours"] > d4["projected_hours"]["default"]["hours"] > d4["projected_hours"]["fast"]["hours"]
     assert "gpu_check on cpu (dry run)" in capsys.readouterr().out

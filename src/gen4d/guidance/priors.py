@@ -13,6 +13,7 @@ import torch
 
 from .base import DiffusionGuidance, GuidanceConfig
 from .controlnet_tile import ControlNetTileConfig, ControlNetTileGuidance
+from .deepfloyd import DeepFloydConfig, DeepFloydIFGuidance
 from .mvdream import MVDreamConfig, MVDreamGuidance
 from .stable_diffusion import StableDiffusionConfig, StableDiffusionGuidance
 from .video_sds import VideoSDSConfig, VideoSDSGuidance
@@ -26,9 +27,10 @@ PRIOR_KINDS: dict[str, tuple[type[GuidanceConfig], Callable[..., DiffusionGuidan
     "zero123": (Zero123Config, lambda c, d: Zero123Guidance(c, device=d)),
     "video": (VideoSDSConfig, lambda c, d: VideoSDSGuidance(c, device=d)),
     "controlnet-tile": (ControlNetTileConfig, lambda c, d: ControlNetTileGuidance(c, device=d)),
+    "deepfloyd": (DeepFloydConfig, lambda c, d: DeepFloydIFGuidance(c, device=d)),
 }
 """Kind -> (config class, builder): text-to-image (SD), VSD, multi-view (MVDream), novel view (Zero123),
-text-to-video (ZeroScope / ModelScope), ControlNet-tile."""
+text-to-video (ZeroScope / ModelScope), ControlNet-tile, pixel-space text-to-image (DeepFloyd IF)."""
 
 PriorFactory = Callable[[str, GuidanceConfig, torch.device], DiffusionGuidance]
 

@@ -51,6 +51,7 @@ from ..fields.deformation import DeformationConfig
 from ..fields.hexplane import HexPlaneConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
+from ..guidance.deepfloyd import DeepFloydConfig
 from ..guidance.mvdream import MVDreamConfig
 from ..guidance.priors import PriorFactory, build_prior
 from ..guidance.sds import TimestepSchedule
@@ -140,10 +141,14 @@ class ImageStatic:
     zero123_timesteps: TimestepSchedule = field(default_factory=lambda: TimestepSchedule(0.4, 0.85, 0.2, 0.5, 0, 200))
     """``min_step_percent [0, 0.4, 0.2, 200]``, ``max_step_percent [0, 0.85, 0.5, 200]``."""
     text_prior: str = "sd"
-    """The text-to-image prior on the same views: ``sd`` (SD 2.1) or ``none`` (Dream-in-4D: DeepFloyd IF, CFG 20)."""
+    """The text-to-image prior on the same views: ``if`` (DeepFloyd IF stage I, Dream-in-4D's; a gated model, with
+    T5-XXL to encode the prompt once), ``sd`` (SD 2.1, CFG 100) or ``none``."""
     text_weight: float = 0.1
     """``lambda_sds_2d``."""
+    if_model: str = "deepfloyd-if"
+    if_guidance_scale: float = 20.0
     text_guidance_scale: float = 100.0
+    """SD's CFG scale when ``text_prior=sd``."""
     text_timesteps: TimestepSchedule = field(default_factory=lambda: TimestepSchedule(0.02, 0.5, 0.02, 0.5))
     border_ratio: float = 0.2
     recenter: bool = True
@@ -222,7 +227,7 @@ class DreamIn4DConfig:
 
 PRESETS: dict[str, list[str]] = {
     # the published schedule: 10,000 + 10,000 steps (image: 2,000 + 10,000)
-    "paper": [],
+    "paper": ["image.text_prior=if"],
     "default": ["static.iterations=2500", "static.resolution_milestones=[1250]", "multi_view.timesteps.anneal_end=2000",
                 "dynamic.iterations=2500", "dynamic.timesteps.anneal_end=2500", "image.iterations=1000"],
     "fast": ["static.iterations=800", "static.resolution_milestones=[400]", "multi_view.timesteps.anneal_end=640",
@@ -265,8 +270,8 @@ def check(cfg: DreamIn4DConfig) -> None:
         if cfg.subject:
             raise Gen4DError("--subject personalises the text variant; the image variant takes its subject from the image")
         read_image_file(Path(cfg.input))
-        if cfg.image.text_prior not in ("sd", "none"):
-            raise Gen4DError(f"image.text_prior must be sd or none, got {cfg.image.text_prior!r}")
+        if cfg.image.text_prior not in ("if", "sd", "none"):
+            raise Gen4DError(f"image.text_prior must be if, sd or none, got {cfg.image.text_prior!r}")
         if len(cfg.image.resolutions) != len(cfg.image.resolution_milestones) + 1:
             raise Gen4DError("image.resolutions needs one entry more than image.resolution_milestones")
     if cfg.subject:
@@ -288,6 +293,8 @@ def requirements(cfg: DreamIn4DConfig) -> list[Requirement]:
         needs: list[Requirement] = [ModelRequirement(cfg.image.zero123_model, "Zero123 (static stage)")]
         if cfg.image.text_prior == "sd":
             needs.append(ModelRequirement(cfg.sd.model, "SD 2.1 (static stage)"))
+        elif cfg.image.text_prior == "if":
+            needs.append(ModelRequirement(cfg.image.if_model, "DeepFloyd IF stage I (static stage)"))
     else:
         needs = [ModelRequirement(cfg.multi_view.model, "MVDream (static stage)"),
                  ModelRequirement(cfg.sd.model, "SD 2.1" + (" + the subject LoRA" if cfg.subject else "") + " (static stage)")]
@@ -358,10 +365,18 @@ class DreamIn4DRun:
         terms = [GuidanceTerm(name="zero123", prior=zero123, views=views, weight=im.zero123_weight, per_view=True,
                               timesteps=im.zero123_timesteps, references=zero_ref, deform=False,
                               resolution=lambda step: milestone_resolution(step, im.resolutions, im.resolution_milestones))]
-        if im.text_prior == "sd":
-            sd, sd_prompt = self.sd_prior(im.text_guidance_scale, im.text_timesteps)
-            terms.append(GuidanceTerm(name="sd", prior=sd, prompt=sd_prompt, views=views, weight=im.text_weight, per_view=True,
-                                      timesteps=im.text_timesteps, deform=False, share_views="zero123"))
+        if im.text_prior != "none":
+            if im.text_prior == "if":
+                prior = self.priors("deepfloyd", DeepFloydConfig(model=im.if_model, guidance_scale=im.if_guidance_scale,
+                                                                 timesteps=im.text_timesteps, precision=self.precision), self.device)
+                prompt = prior.encode_prompt(cfg.prompt, "")
+                release = getattr(getattr(prior, "prompt_encoder", None), "release_text_encoder", None)
+                if callable(release):  # T5-XXL is needed only to encode the prompt
+                    release()
+            else:
+                prior, prompt = self.sd_prior(im.text_guidance_scale, im.text_timesteps)
+            terms.append(GuidanceTerm(name=im.text_prior, prior=prior, prompt=prompt, views=views, weight=im.text_weight,
+                                      per_view=True, timesteps=im.text_timesteps, deform=False, share_views="zero123"))
         S = im.size
         cams = orbit_cameras([0.0], 0.0, im.radius, math.radians(im.fov_deg), S, S, times=0.0).to(self.device)
         reference = ReferenceViews(cams, rgb, ref[3:].permute(1, 2, 0)[None], im.rgb_weight, im.mask_weight, deform=False)

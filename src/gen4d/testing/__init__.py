@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..models.registry import METRIC_WEIGHTS, register_model_set
 from .tiny_controlnet import make_tiny_sd15_controlnet
+from .tiny_if import make_tiny_if
 from .tiny_metrics import make_tiny_metric_weights
 from .tiny_mvdream import make_tiny_mvdream
 from .tiny_sd import make_tiny_sd
@@ -37,6 +38,7 @@ def _builders() -> dict[str, Callable]:
         "zero123-xl-bennyguo": make_tiny_zero123,
         "svd": make_tiny_svd,
         "svd-xt": make_tiny_svd,
+        "deepfloyd-if": make_tiny_if,
     }
 
 

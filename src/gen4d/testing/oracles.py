@@ -38,7 +38,7 @@ from ..guidance.mvdream import mvdream_camera
 from ..guidance.zero123 import Zero123Reference, camera_embedding
 
 KINDS = ("sd", "mvdream", "zero123", "video")
-ALIASES = {"vsd": "sd", "controlnet-tile": "sd"}
+ALIASES = {"vsd": "sd", "controlnet-tile": "sd", "deepfloyd": "sd"}
 """Prior kinds whose oracle is another's: VSD and ControlNet-tile see an image and a camera, as SD does."""
 
 
