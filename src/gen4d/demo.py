@@ -167,21 +167,26 @@ FOURDFY_SETTINGS = [
 """4D-fy's stages scaled down to a 2-core machine (the rest: the recipe's defaults)."""
 
 
-def fourdfy_demo(args: Namespace) -> tuple[dict, str, bool]:
-    """4D-fy distilled from oracle priors (MVDream, Stable Diffusion and a video model that know the scene)."""
+def text_oracle_demo(args: Namespace, recipe, settings: list[str]) -> tuple[dict, str, bool]:
+    """A text -> 4D recipe distilled from oracle priors that know the scene, from the prompt alone; scored at held-out
+    views and times (``FOURDFY_HELDOUT``)."""
     scene = pick_scene(args, FOURDFY_SCENE)
     t0 = time.perf_counter()
     out = Path(args.out)
-    recipe = fourdfy.RECIPE
     base = recipe.command_base("text", input=FOURDFY_PROMPT, seed=args.seed, device=args.device, iters=args.iters)
-    cfg = recipe.build_config(args.preset or "default", FOURDFY_SETTINGS + list(args.overrides), base)
-    metrics = fourdfy.run_fourdfy(cfg, out, command=" ".join(sys.argv), quiet=args.quiet, priors=OraclePriors(scene))
+    cfg = recipe.build_config(args.preset or "default", settings + list(args.overrides), base)
+    metrics = recipe.run(cfg, out, command=" ".join(sys.argv), quiet=args.quiet, priors=OraclePriors(scene))
     if not metrics:
         return metrics, "", False
     h = FOURDFY_HELDOUT
     times = (torch.arange(h["times"], dtype=torch.float32) + 0.5) / h["times"]
     heldout = heldout_scores(out, scene, h["size"], h["radius"], h["fov_deg"], times, cfg.device)
     return finish_oracle_demo(out, metrics, heldout, scene, t0)
+
+
+def fourdfy_demo(args: Namespace) -> tuple[dict, str, bool]:
+    """4D-fy distilled from oracle priors (MVDream, Stable Diffusion and a video model that know the scene)."""
+    return text_oracle_demo(args, fourdfy.RECIPE, FOURDFY_SETTINGS)
 
 
 # ------------------------------------------------------------------------------------------------ Dream-in-4D
@@ -197,19 +202,7 @@ DREAMIN4D_SETTINGS = [
 
 def dreamin4d_demo(args: Namespace) -> tuple[dict, str, bool]:
     """Dream-in-4D (text) distilled from oracle priors (MVDream, Stable Diffusion, a video model with HiFA targets)."""
-    scene = pick_scene(args, FOURDFY_SCENE)
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    recipe = dreamin4d.RECIPE
-    base = recipe.command_base("text", input=FOURDFY_PROMPT, seed=args.seed, device=args.device, iters=args.iters)
-    cfg = recipe.build_config(args.preset or "default", DREAMIN4D_SETTINGS + list(args.overrides), base)
-    metrics = dreamin4d.run_dreamin4d(cfg, out, command=" ".join(sys.argv), quiet=args.quiet, priors=OraclePriors(scene))
-    if not metrics:
-        return metrics, "", False
-    h = FOURDFY_HELDOUT
-    times = (torch.arange(h["times"], dtype=torch.float32) + 0.5) / h["times"]
-    heldout = heldout_scores(out, scene, h["size"], h["radius"], h["fov_deg"], times, cfg.device)
-    return finish_oracle_demo(out, metrics, heldout, scene, t0)
+    return text_oracle_demo(args, dreamin4d.RECIPE, DREAMIN4D_SETTINGS)
 
 
 DEMOS = {"reconstruct": reconstruct_demo, "dg4d": dg4d_demo, "fourdfy": fourdfy_demo, "dreamin4d": dreamin4d_demo}

@@ -45,11 +45,8 @@ from ..data.preprocess import composite, load_image_rgba, read_image_file, save_
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
 from ..distill.views import ViewBatch, ViewSampling
-from ..export.images import save_png
 from ..export.scene import ExportConfig
 from ..fields.deformation import DeformationConfig
-from ..fields.hexplane import HexPlaneConfig
-from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..guidance.deepfloyd import DeepFloydConfig
 from ..guidance.mvdream import MVDreamConfig
@@ -62,10 +59,11 @@ from ..guidance.zero123 import Zero123Config
 from ..models.preflight import ModelRequirement, Requirement
 from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..scene import Scene4D
-from ..sh import sh_degree_from_bases
 from ..training.loop import Stage, run_stages
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
-from .fourdfy import MVDREAM_NEGATIVE, milestone_resolution
+from .distilled import DistilledRun, distilled_deformation, distilled_densify
+from .fourdfy import MVDREAM_NEGATIVE, CameraRanges, milestone_resolution
+from .fourdfy import MultiViewSettings as FourDfyMultiView
 from .recipe import Option, Recipe
 
 NEGATIVE = MVDREAM_NEGATIVE
@@ -73,23 +71,17 @@ NEGATIVE = MVDREAM_NEGATIVE
 
 
 @dataclass
-class TextCameras:
-    """Random views of the text / subject static stage (``data.*`` of ``mvdream-sd21-sd.yaml``)."""
+class TextCameras(CameraRanges):
+    """Random views of the text / subject static stage (``data.*`` of ``mvdream-sd21-sd.yaml``): ``radius`` is
+    relative (``camera_distance_range``: the distance is r / tan(fovy / 2)), ``fov_deg`` vertical (``fovy_range``)."""
 
     radius: tuple[float, float] = (0.8, 1.0)
-    """``camera_distance_range``, relative: the distance is r / tan(fovy / 2)."""
-    fov_deg: tuple[float, float] = (15.0, 60.0)
-    """``fovy_range`` (vertical)."""
-    elevation_deg: tuple[float, float] = (0.0, 30.0)
 
 
 @dataclass
-class MultiViewSettings:
+class MultiViewSettings(FourDfyMultiView):
     """MVDream (``system.guidance``, ``system.loss.lambda_sds``)."""
 
-    model: str = "mvdream"
-    guidance_scale: float = 50.0
-    std_rescale: float = 0.5
     weight: float = 2.0
     timesteps: TimestepSchedule = field(default_factory=lambda: TimestepSchedule(0.98, 0.98, 0.02, 0.5, 0, 8000))
     """``min_step_percent [0, 0.98, 0.02, 8000]``, ``max_step_percent [0, 0.98, 0.50, 8000]``."""
@@ -213,12 +205,9 @@ class DreamIn4DConfig:
         means=1e-3, means_final=1e-4, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005,
         grid=1e-3, grid_final=1e-3, mlp=1e-3, mlp_final=1e-3))
     """Gaussians: the text-to-3D Gaussian rates (as 4D-fy's); field: ``geometry.deformation_*: lr 0.001``."""
-    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(
-        refine_start=100, refine_every=100, grow_grad2d=0.002, grow_scale3d=0.05, prune_opacity=0.01, prune_scale3d=0.05,
-        prune_large_always=True, reset_opacity_every=0, max_gaussians=50_000))
+    densify: DensifyConfig = field(default_factory=distilled_densify)
     densify_until: float = 0.5
-    deformation: DeformationConfig = field(default_factory=lambda: DeformationConfig(
-        hexplane=HexPlaneConfig(feature_dim=32, resolution=(32, 32, 32, 16), multires=(1,)), bounds=1.6))
+    deformation: DeformationConfig = field(default_factory=distilled_deformation)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(frames=24, video_size=256, video_radius=3.0))
     checkpoint_every: int = 200
     preview_every: int = 500
@@ -316,12 +305,12 @@ def displacement_smoothness(weight: float):
     return losses
 
 
-class DreamIn4DRun:
+class DreamIn4DRun(DistilledRun):
     """What the stages of one run share: the priors, the inputs and the stages."""
 
     def __init__(self, cfg: DreamIn4DConfig, device: torch.device, priors: PriorFactory, reference: torch.Tensor | None = None):
-        self.cfg, self.device, self.priors = cfg, device, priors
-        self.white = torch.ones(3, device=device)
+        super().__init__(cfg, device)
+        self.priors = priors
         self.precision = resolve_precision(cfg.precision, device)
         self.reference = reference
         d = cfg.dynamic
@@ -346,7 +335,7 @@ class DreamIn4DRun:
                              fov_deg=c.fov_deg, relative_radius=True, vertical_fov=True, times="zero")
         sd, sd_prompt = self.sd_prior(s.guidance_scale, s.timesteps)
         return [
-            GuidanceTerm(name="multi_view", prior=mvdream, prompt=mvdream.encode_prompt(mv_prompt(cfg.prompt), NEGATIVE),
+            GuidanceTerm(name="multi_view", prior=mvdream, prompt=mvdream.encode_prompt(mv_prompt(cfg.prompt), mv.negative_prompt),
                          views=views, weight=mv.weight, per_view=True, timesteps=mv.timesteps, deform=False,
                          resolution=lambda step: milestone_resolution(step, st.resolutions, st.resolution_milestones)),
             GuidanceTerm(name="sd", prior=sd, prompt=sd_prompt, views=views, weight=s.weight, per_view=True,
@@ -423,22 +412,6 @@ class DreamIn4DRun:
             losses=losses, preview=self.preview, checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
         )
 
-    # ------------------------------------------------------------------------------------------------ shared
-    def preview(self, scene: Scene4D, step: int, folder: Path) -> None:
-        S = self.cfg.preview_size
-        with torch.no_grad():
-            cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], [15.0] * 4, 3.0, math.radians(40.0), S, S,
-                                 times=[0.0, 1 / 3, 2 / 3, 1.0]).to(self.device)
-            img = scene.render(cams, background=self.white).rgb
-        save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
-
-    def init_scene(self) -> Scene4D:
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        return Scene4D(GaussianModel.random_in_sphere(self.cfg.init_points, self.cfg.init_radius, 0, g)).to(self.device)
-
-    def load_scene(self, tensors) -> Scene4D:
-        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-        return Scene4D.from_tensors(tensors, degree, self.cfg.deformation).to(self.device)
 
 
 def run_dreamin4d(cfg: DreamIn4DConfig, out: str | Path, command: str = "gen4d text --recipe dreamin4d", quiet: bool = False,

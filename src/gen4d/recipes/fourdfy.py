@@ -26,23 +26,18 @@ uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import Gen4DError
-from ..cameras import orbit_cameras
 from ..config import config_yaml
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ScoreDistillation
 from ..distill.views import ViewSampling
-from ..export.images import save_png
 from ..export.scene import ExportConfig
 from ..fields.deformation import DeformationConfig
-from ..fields.hexplane import HexPlaneConfig
-from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..guidance.mvdream import MVDreamConfig
 from ..guidance.priors import PriorFactory, build_prior
@@ -53,9 +48,9 @@ from ..guidance.vsd import VSDConfig
 from ..models.preflight import ModelRequirement, Requirement
 from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..scene import Scene4D
-from ..sh import sh_degree_from_bases
 from ..training.loop import Stage, run_stages
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
+from .distilled import DistilledRun, distilled_deformation, distilled_densify
 from .recipe import Recipe
 
 MVDREAM_NEGATIVE = ("ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, "
@@ -181,15 +176,11 @@ class FourDfyConfig:
     lr: LearningRates = field(default_factory=lambda: LearningRates(
         means=1e-3, means_final=1e-4, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005,
         grid=0.01, grid_final=0.01, mlp=1e-3, mlp_final=1e-3))
-    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(
-        refine_start=100, refine_every=100, grow_grad2d=0.002, grow_scale3d=0.05, prune_opacity=0.01, prune_scale3d=0.05,
-        prune_large_always=True, reset_opacity_every=0, max_gaussians=50_000))
-    # 4D-fy has no densification (a NeRF); 0.002 is the screen-space gradient threshold that densified on the oracle
-    # demo (0.01 left its 2,000 Gaussians as they were, and the held-out views blurred)
+    densify: DensifyConfig = field(default_factory=distilled_densify)
+    # 4D-fy has no densification (a NeRF): distilled_densify's settings
     densify_until: float = 0.5
     """Densify during this fraction of the static stage."""
-    deformation: DeformationConfig = field(default_factory=lambda: DeformationConfig(
-        hexplane=HexPlaneConfig(feature_dim=32, resolution=(32, 32, 32, 16), multires=(1,)), bounds=1.6))
+    deformation: DeformationConfig = field(default_factory=distilled_deformation)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(frames=16, video_size=256, video_radius=3.0))
     checkpoint_every: int = 200
     preview_every: int = 500
@@ -335,32 +326,16 @@ def branch_counts(losses: ScoreDistillation):
     return (lambda: {"branches": dict(losses.history)}, lambda state: losses.history.update(state.get("branches", {})))
 
 
-class FourDfyRun:
+class FourDfyRun(DistilledRun):
     """What the stages of one run share."""
 
     def __init__(self, cfg: FourDfyConfig, device: torch.device, priors: PriorFactory, run: RunDir | None = None):
-        self.cfg, self.device, self.run = cfg, device, run
-        self.white = torch.ones(3, device=device)
+        super().__init__(cfg, device)
+        self.run = run
         self.branches = Branches(cfg, device, priors)
         reset = getattr(self.branches.image, "reset_lora", None)
         if callable(reset):  # VSD's LoRA starts from the run's seed, whatever loading the models drew
             reset(torch.Generator().manual_seed(cfg.seed))
-
-    def init_scene(self) -> Scene4D:
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        return Scene4D(GaussianModel.random_in_sphere(self.cfg.init_points, self.cfg.init_radius, 0, g)).to(self.device)
-
-    def load_scene(self, tensors) -> Scene4D:
-        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-        return Scene4D.from_tensors(tensors, degree, self.cfg.deformation).to(self.device)
-
-    def preview(self, scene: Scene4D, step: int, folder: Path) -> None:
-        S = self.cfg.preview_size
-        with torch.no_grad():
-            cams = orbit_cameras([0.0, 90.0, 180.0, 270.0], [15.0] * 4, 3.0, math.radians(40.0), S, S,
-                                 times=[0.0, 1 / 3, 2 / 3, 1.0]).to(self.device)
-            img = scene.render(cams, background=self.white).rgb
-        save_png(folder / f"step_{step:06d}.png", torch.cat(list(img), dim=1))
 
     def carry_lora(self, earlier: list[str]) -> None:
         """A stage starting fresh takes VSD's LoRA as the last earlier stage that trained it left it (read from that
