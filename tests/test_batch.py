@@ -2,6 +2,7 @@
 every run complete, a bad job reported with the CLI's line, a worker killed mid-job retried to the same result as
 an uninterrupted run, a rerun that does no work, and the Consistent4D leaderboard over a batch."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -180,27 +181,35 @@ def test_batch_of_two_recipes_bad_job_reported_and_rerun_does_no_work(local_ray,
     assert "4 of 4 jobs already done" in capsys.readouterr().out
 
 
-def test_worker_killed_mid_job_is_retried_and_ends_as_an_uninterrupted_run(local_ray, inputs, tmp_path):
+def test_killed_worker_is_retried_to_the_uninterrupted_result_and_a_job_killed_every_time_is_reported(local_ray, inputs, tmp_path):
+    """``killed``: its worker is SIGKILLed once, in its second stage; ``doomed``: its worker is killed on every
+    attempt (max_retries=1: two attempts), so it is reported while the other jobs finish."""
     args = ("reconstruct", "scene", *RECONSTRUCT, "train.iterations=80", "train.checkpoint_every=2")
-    jobs = [Job("straight", args), Job("killed", args)]
+    jobs = [Job("straight", args), Job("killed", args), Job("doomed", ("reconstruct", "scene", *RECONSTRUCT))]
     out = tmp_path / "batch"
     result: dict = {}
-    driver = threading.Thread(target=lambda: result.update(run_batch(jobs, out, inputs, BatchOptions(max_retries=2, quiet=True))))
+    driver = threading.Thread(target=lambda: result.update(run_batch(jobs, out, inputs, BatchOptions(max_retries=1, quiet=True))))
     driver.start()
-    record, ckpt = out / ".batch" / "killed.json", out / "killed" / "stages" / "dynamic" / "checkpoint.safetensors"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and driver.is_alive():
+    ckpt = out / "killed" / "stages" / "dynamic" / "checkpoint.safetensors"
+    killed_at: dict[str, list[int]] = {"killed": [], "doomed": []}
+    deadline = time.time() + 400
+    while driver.is_alive() and time.time() < deadline:
+        for name, due in (("killed", ckpt.exists() and not killed_at["killed"]), ("doomed", True)):
+            state = json.loads((out / ".batch" / f"{name}.json").read_text()) if (out / ".batch" / f"{name}.json").exists() else {}
+            if due and state.get("status") == "running" and state["pid"] not in killed_at[name]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(state["pid"], signal.SIGKILL)
+                killed_at[name].append(state["pid"])
         time.sleep(0.05)
-    assert ckpt.exists(), "the job finished or failed before it could be killed"
-    state = json.loads(record.read_text())
-    assert state["status"] == "running" and state["attempts"] == 1
-    os.kill(state["pid"], signal.SIGKILL)
-    driver.join(timeout=600)
+    driver.join(timeout=60)
     assert not driver.is_alive()
+    assert len(killed_at["killed"]) == 1 and len(killed_at["doomed"]) == 2
 
     rows = {r["name"]: r for r in result["jobs"]}
     assert rows["killed"]["status"] == "done" and rows["killed"]["attempts"] == 2
-    assert rows["straight"]["attempts"] == 1
+    assert rows["straight"]["status"] == "done" and rows["straight"]["attempts"] == 1
+    assert rows["doomed"]["status"] == "failed" and rows["doomed"]["attempts"] == 2
+    assert "worker process died" in rows["doomed"]["error"] and "\n" not in rows["doomed"]["error"]
     log = (out / "killed" / "log.txt").read_text()
     assert "stage dynamic: resuming at step" in log and log.count("stage static: starting") == 1
     a, b = final_model(out / "straight"), final_model(out / "killed")
@@ -214,3 +223,44 @@ def test_gpus_asked_for_on_a_cluster_without_them_is_one_line(local_ray, inputs,
     jobs = [Job("demo", ("demo", "--iters", "2"))]
     with pytest.raises(Gen4DError, match="cluster has 0"):
         run_batch(jobs, tmp_path / "out", inputs, BatchOptions(gpus_per_job=1, quiet=True))
+
+
+def test_eval_over_a_batch_writes_one_leaderboard(tmp_path, capsys):
+    """Two Consistent4D objects, a perfect run of one and a displaced run of the other, and a failed job: the table
+    holds each run's own ``gen4d eval`` numbers, their mean, and the failed job's reason."""
+    from test_consistent4d import FAST, RUN_SIZE, similar_scene, toy_scene, write_dataset, write_run
+
+    from gen4d.batch.run import STATE_DIR, summarise
+    from gen4d.data.consistent4d import FOVY_DEG, consistent4d_input_frames, input_alignment
+    from gen4d.files import write_json
+
+    data = tmp_path / "c4d"
+    scenes = {"toy": toy_scene(offset=(0.0, 0.12, -0.1)), "rex": toy_scene(offset=(0.1, -0.05, 0.0))}
+    out = tmp_path / "batch"
+    jobs = []
+    for name, scene in scenes.items():
+        write_dataset(data, scene, name)
+        al = input_alignment(consistent4d_input_frames(data, name), RUN_SIZE, 0.2, run_distance=2.5, run_fov_deg=FOVY_DEG)
+        target = al.target if name == "toy" else [t + 0.15 for t in al.target]  # rex's run is displaced: worse scores
+        write_run(out / f"run-{name}", similar_scene(scene, al.scale, target), data / "input" / name)
+        jobs.append(Job(f"run-{name}", ("video", str(data / "input" / name))))
+        write_json(out / STATE_DIR / f"run-{name}.json", {"status": "done", "args": list(jobs[-1].args), "attempts": 1})
+    jobs.append(Job("run-bad", ("video", "nowhere")))
+    write_json(out / STATE_DIR / "run-bad.json", {"status": "failed", "args": ["video", "nowhere"], "error": "error: x"})
+    write_json(out / "batch.json", summarise(jobs, out))
+
+    metrics = "metrics=psnr,ssim,clip"
+    assert main(["eval", str(out), "--data", str(data), "--models", "tiny", "--quiet", metrics, *FAST]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = {r["job"]: r for r in board["rows"]}
+    for name in scenes:
+        own = json.loads((out / f"run-{name}" / "eval" / "metrics.json").read_text())
+        assert rows[f"run-{name}"]["object"] == name and not rows[f"run-{name}"]["error"]
+        assert all(rows[f"run-{name}"][m] == own[m] for m in ("psnr", "ssim", "clip"))
+    assert rows["run-toy"]["psnr"] > 30 > rows["run-rex"]["psnr"]
+    assert rows["run-bad"]["error"].startswith("error: the job is failed")
+    assert board["scored"] == 2
+    for m in ("psnr", "ssim", "clip"):
+        assert board["mean"][m] == pytest.approx((rows["run-toy"][m] + rows["run-rex"][m]) / 2)
+    table = (out / "leaderboard.md").read_text().splitlines()
+    assert table[0] == "| job | object | PSNR | SSIM | CLIP | error |" and table[-1].startswith("| mean (2) |")

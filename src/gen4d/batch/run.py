@@ -33,7 +33,7 @@ from rich.table import Table
 from .. import Gen4DError
 from ..files import write_json, write_text
 from .jobs import Job
-from .worker import exception_line, read_record, run_job
+from .worker import JobError, exception_line, read_record, run_job
 
 STATE_DIR = ".batch"
 #: metrics.json keys the summary table shows, when a run reports them.
@@ -177,10 +177,7 @@ def _run_on_ray(todo: list[Job], out: Path, cwd: Path, options: BatchOptions, co
             pending[ref] = job
         _log(log_path, f"submitted {len(todo)} jobs ({cpus:g} CPU, {gpus:g} GPU each, up to {options.max_retries} retries)")
         _wait(pending, out, options, console, log_path)
-    except KeyboardInterrupt:
-        console.print("interrupted; rerun the same gen4d batch command to resume (finished jobs are skipped)")
-        raise
-    finally:
+    finally:  # Ctrl-C ends here too: the command line says to rerun, finished jobs are then skipped
         if started:
             ray.shutdown()
 
@@ -215,7 +212,8 @@ def _result(ref, job: Job, out: Path) -> dict:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:  # raised in the job on its last attempt
-        line = exception_line(e.cause) if e.cause is not None else str(e).splitlines()[0]
+        cause = e.cause
+        line = str(cause) if isinstance(cause, JobError) else exception_line(cause) if cause is not None else str(e).splitlines()[0]
     except ray.exceptions.OutOfMemoryError:
         line = ("out of memory: Ray's memory monitor ended the job's worker; lower its memory use (e.g. --preset "
                 "low-memory) or run fewer jobs per machine (--cpus-per-job)")
