@@ -238,8 +238,9 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def summarise(jobs: list[Job], out: Path, wall_seconds: float = 0.0) -> dict:
-    """``DIR/batch.json``: one row per job (name, command, status, attempts, seconds, peak memory, metrics, error,
-    run directory), counts, and the batch's wall time."""
+    """``DIR/batch.json``: one row per job (name, command, status, attempts, seconds of its last attempt and of that
+    attempt's start-up (importing gen4d), peak memory, metrics, error, run directory), counts, and the batch's wall
+    time."""
     rows = []
     for job in jobs:
         run_dir, record_path, log_path = job_paths(out, job.name)
@@ -249,7 +250,7 @@ def summarise(jobs: list[Job], out: Path, wall_seconds: float = 0.0) -> dict:
             status = "interrupted"
         rows.append({
             "name": job.name, "command": "gen4d " + " ".join(job.args), "status": status,
-            "attempts": record.get("attempts", 0), "seconds": record.get("seconds"),
+            "attempts": record.get("attempts", 0), "seconds": record.get("seconds"), "import_seconds": record.get("import_seconds"),
             "peak_rss_mb": record.get("peak_rss_mb"), "peak_gpu_mb": record.get("peak_gpu_mb"),
             "metrics": _metrics(run_dir) if status == "done" else {}, "error": record.get("error", ""),
             "run_dir": str(run_dir), "log": str(log_path),

@@ -67,13 +67,18 @@ def run_job(args: list[str], out: str, cwd: str, record_path: str, log_path: str
     the CLI's line: it would fail the same way again. Any other exception (out of memory, a crash) is raised as
     :class:`JobError` for Ray to retry; a killed worker is retried by Ray too.
     """
-    from ..cli import main  # the worker imports the command line; the driver needs only the job list
-
+    started = time.time()
     record = read_record(record_path)
     attempt = int(record.get("attempts", 0)) + 1
-    started = time.time()
     record.update(status="running", attempts=attempt, pid=os.getpid(), host=socket.gethostname(), started=started)
     write_json(record_path, record)
+    # Ray sets OMP_NUM_THREADS (torch's threads) to the job's CPUs; numba's parallel kernels follow it too, so two
+    # 1-CPU jobs on a 2-core machine do not each start a thread per core. Set before numba is first imported.
+    if os.environ.get("OMP_NUM_THREADS"):
+        os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    from ..cli import main  # imported here: the driver needs only the job list, not torch
+
+    record["import_seconds"] = round(time.time() - started, 3)
     os.chdir(cwd)  # relative paths of the job list are read from its folder
     argv = [*args, "--out", out, "--quiet"]
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
