@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -217,6 +219,24 @@ def test_killed_worker_is_retried_to_the_uninterrupted_result_and_a_job_killed_e
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert rows["killed"]["metrics"]["psnr"] == rows["straight"]["metrics"]["psnr"]
+
+
+def test_cli_batch_starts_its_own_ray_and_leaves_the_console_to_gen4d(tmp_path):
+    """``gen4d batch`` as a user runs it: a local Ray of its own (beside the module's), Ray's output in batch.log,
+    on the console only gen4d's lines; a failed job makes the exit status 1."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("- reconstruct no_such_scene\n")  # relative to the job file's folder
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "gen4d.cli", "batch", str(jobs), "--out", str(out), "--num-cpus", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines[0] == f"failed  no_such_scene  error: scene folder {tmp_path / 'no_such_scene'} does not exist"
+    assert lines[-1].startswith("0 done, 1 failed of 1")
+    table = lines[1:-1]
+    assert "gen4d batch:" in table[0] and all(set(line) & set("┏┃┡│└") for line in table[1:])
+    assert "submitted 1 jobs" in (out / "batch.log").read_text()
 
 
 def test_gpus_asked_for_on_a_cluster_without_them_is_one_line(local_ray, inputs, tmp_path, capsys):

@@ -281,7 +281,7 @@ def _headers(metric_keys: list[str]) -> list[str]:
 
 def rich_table(summary: dict) -> Table:
     keys = _columns(summary)
-    table = Table(title=f"gen4d batch: {summary['out']}")
+    table = Table(title=f"gen4d batch: {len(summary['jobs'])} jobs")
     for h in _headers(keys):
         table.add_column(h, overflow="fold")
     for row in summary["jobs"]:
