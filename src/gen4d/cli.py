@@ -12,6 +12,7 @@
     gen4d export DIR --format glb|obj|textured|ply|mp4   (re-)export a finished run
     gen4d eval DIR --data C4D [--object NAME]   render a run at the Consistent4D cameras and score it
     gen4d models [--recipe NAME]         the models each recipe needs, and which are in the local cache
+    gen4d batch JOBS --out DIR [--address auto|ray://HOST:PORT]   many jobs on Ray, one run directory each
 
 Generating commands take ``--recipe``, ``--preset``, ``--iters``, ``--seed``, ``--device``, ``--models`` and
 ``key=value`` overrides of any configuration field (``DIR/config.yaml`` of a run lists them all). Before any work
@@ -22,6 +23,7 @@ resumes it. Bad input prints one line starting with ``error:`` and exits with st
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -153,11 +155,31 @@ def cmd_eval(args) -> int:
         return 0
     if not args.dir:
         raise Gen4DError("give the run directory to evaluate (gen4d eval DIR --data C4D), or --renders PRED")
+    from .batch.leaderboard import evaluate_batch, is_batch_dir
+
+    if is_batch_dir(args.dir):  # a gen4d batch folder: every finished run, one leaderboard table
+        evaluate_batch(args.dir, base, args.overrides, quiet=args.quiet)
+        print(f"  leaderboard     {Path(args.dir) / 'leaderboard.md'}")
+        return 0
     scores = run_eval(cfg, args.dir, quiet=args.quiet)
     _print_scores(scores)
     print(f"  renders         {scores['renders']}")
     print(f"  metrics         {Path(args.dir) / 'eval' / 'metrics.json'}")
     return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import read_jobs
+
+    jobs, cwd = read_jobs(args.jobs, shlex.split(args.with_args or "") + args.overrides)
+    try:
+        from .batch.run import BatchOptions, run_batch
+    except ImportError as e:
+        raise Gen4DError(f"gen4d batch needs Ray ({e.name} is not installed): pip install -e \".[batch]\"") from None
+    options = BatchOptions(address=args.address, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                           max_retries=args.max_retries, num_cpus=args.num_cpus, quiet=args.quiet)
+    summary = run_batch(jobs, args.out, cwd, options)
+    return 0 if summary["counts"]["done"] == len(jobs) else 1
 
 
 def cmd_export(args) -> int:
@@ -214,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_command(ssub, "subject train", "train")
 
     p = sub.add_parser("eval", help="Consistent4D evaluation: PSNR, SSIM, LPIPS, CLIP similarity, FVD")
-    p.add_argument("dir", nargs="?", default=None, help="a finished run directory (e.g. of gen4d video)")
+    p.add_argument("dir", nargs="?", default=None, help="a finished run directory (e.g. of gen4d video), or a gen4d batch folder (one leaderboard table)")
     p.add_argument("--data", required=True, help="Consistent4D data: the dataset root, or one object's ground truth folder with --renders")
     p.add_argument("--object", default=None, help="object name in the dataset (default: the run's input folder name)")
     p.add_argument("--renders", default=None, help="score these renders (eval_<k>/<i>.png) instead of rendering a run")
@@ -223,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.epilog = "key=value overrides set EvalConfig fields, e.g. metrics=psnr,ssim azimuths_deg=[-75,15,105,195]."
     p.set_defaults(func=cmd_eval, overrides_allowed=True)
+
+    p = sub.add_parser("batch", help="many jobs on Ray (a local instance or a cluster), one run directory each",
+                       epilog="JOBS: a .yaml / .jsonl list of gen4d commands (without --out), a .txt of prompts, or a folder of "
+                              "images / videos / scenes. key=value arguments are given to every job. Rerun the same command to "
+                              "resume: finished jobs are skipped, interrupted ones continue from their checkpoints.")
+    p.add_argument("jobs", metavar="JOBS", help="job list (.yaml, .jsonl), prompts (.txt) or a folder of inputs")
+    p.add_argument("--out", required=True, help="batch folder: DIR/<job> is each job's run directory, DIR/batch.json the summary")
+    p.add_argument("--address", default=None, help="Ray cluster: auto (started by `ray start` here) or ray://HOST:PORT; default: a local Ray instance")
+    p.add_argument("--gpus-per-job", type=float, default=None, help="GPUs per job (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-job", type=float, default=1.0, help="CPUs per job (default 1)")
+    p.add_argument("--max-retries", type=int, default=2, help="retries of a job whose worker died or crashed (default 2)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all); ignored with --address")
+    p.add_argument("--with", dest="with_args", default=None, help='arguments given to every job, e.g. --with "--models tiny --iters 100"')
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch, overrides_allowed=True)
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
