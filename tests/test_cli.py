@@ -32,3 +32,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0], err
     assert not out.exists()
     assert not Path(tmp_path / "run").exists()
+
+
+def test_reconstruct_refuses_zero_initial_points_before_writing(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "scene"), "--out", str(tmp_path / "run"), "model.init_points=0"]) == 2
+    assert "init_points must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -116,11 +116,14 @@ class Scene4D(nn.Module):
                 f.means, f.quats, f.scales, f.opacities, f.sh, cameras.viewmats, cameras.Ks, cameras.width,
                 cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
             )
-        frames, (means, quats, scales, opacities) = self._frames_per_camera(cameras)
-        return rasterize(
+        frames, per_camera = self._frames_per_camera(cameras)
+        means, quats, scales, opacities = per_camera
+        out = rasterize(
             means, quats, scales, opacities, frames[0].sh, cameras.viewmats, cameras.Ks, cameras.width,
             cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
         )
+        out.meta["per_camera"] = per_camera  # the moved Gaussians, for a second render of the same cameras
+        return out
 
     def _frames_per_camera(self, cameras: Cameras):
         """The frames at the cameras' distinct times, and their means, quats, scales, opacities per camera."""
@@ -130,13 +133,18 @@ class Scene4D(nn.Module):
         # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
         return frames, [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
 
-    def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto") -> Tensor:
+    def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto",
+                            per_camera: tuple[Tensor, ...] | None = None) -> Tensor:
         """``[C, H, W, 3]``: the deformation's displacement of the means at each camera's time, composited like
-        colours (alpha-weighted, 0 where nothing is): Dream-in-4D's rendered ``comp_displacement``."""
+        colours (alpha-weighted, 0 where nothing is): Dream-in-4D's rendered ``comp_displacement``. ``per_camera``:
+        the moved Gaussians of a render of the same cameras (its ``meta["per_camera"]``), so the field is not
+        evaluated twice."""
         if self.deformation is None:
             raise ValueError("a scene without a deformation field has no displacement to render")
         antialiased = self.antialiased if antialiased is None else antialiased
-        _, (means, quats, scales, opacities) = self._frames_per_camera(cameras)
+        if per_camera is None:
+            _, per_camera = self._frames_per_camera(cameras)
+        means, quats, scales, opacities = per_camera
         displacement = means - self.gaussians.params["means"][None]
         return rasterize(means, quats, scales, opacities, displacement, cameras.viewmats, cameras.Ks, cameras.width,
                          cameras.height, antialiased=antialiased, backend=backend).rgb

@@ -33,6 +33,7 @@ from ..cameras import Cameras
 from ..guidance.base import DiffusionGuidance
 from ..guidance.prompts import PromptEmbeddings
 from ..guidance.sds import TimestepSchedule
+from ..render import RenderOutput
 from ..scene import Scene4D
 from ..training.loop import StepLosses
 from ..training.losses import regulariser_losses
@@ -82,9 +83,9 @@ class GuidanceTerm:
     share_views: str | None = None
     """Name of a term earlier in the list whose views and render this term judges too (same step, no second render:
     Dream-in-4D's SD guidance sees MVDream's views); None: the term draws and renders its own."""
-    view_losses: Callable[[Scene4D, ViewBatch], dict[str, Tensor]] | None = None
-    """Further losses on the step's views (e.g. a smoothness of the displacement rendered at those cameras), already
-    weighted; they reach the term's ``groups`` and are named ``<term>_<key>``."""
+    view_losses: Callable[[Scene4D, ViewBatch, RenderOutput], dict[str, Tensor]] | None = None
+    """Further losses on the step's views and their render (e.g. a smoothness of the displacement rendered at those
+    cameras), already weighted; they reach the term's ``groups`` and are named ``<term>_<key>``."""
 
 
 @dataclass
@@ -244,7 +245,7 @@ class ScoreDistillation:
         cond = views.conditioning(prompt=term.prompt, reference=reference, num_views=term.views.views)
         losses = term.prior(images, cond, step, generator, schedule=term.timesteps)
         if term.view_losses is not None:
-            losses = {**losses, **{f"view_{k}": v for k, v in term.view_losses(scene, views).items()}}
+            losses = {**losses, **{f"view_{k}": v for k, v in term.view_losses(scene, views, out).items()}}
         meta = None if term.share_views is not None else out.meta  # a shared render's statistics count once
         return losses, meta, len(cams)
 

@@ -58,6 +58,7 @@ from ..guidance.video_sds import VideoSDSConfig
 from ..guidance.zero123 import Zero123Config
 from ..models.preflight import ModelRequirement, Requirement
 from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
+from ..render import RenderOutput
 from ..scene import Scene4D
 from ..training.loop import Stage, run_stages
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
@@ -265,6 +266,8 @@ def check(cfg: DreamIn4DConfig) -> None:
             raise Gen4DError("image.resolutions needs one entry more than image.resolution_milestones")
     if cfg.subject:
         find_lora_file(cfg.subject)
+    if cfg.init_points < 1:
+        raise Gen4DError(f"init_points must be at least 1, got {cfg.init_points}")
     if static_iterations(cfg) < 1 or cfg.dynamic.iterations < 1:
         raise Gen4DError("the static and dynamic stages need at least one step each")
     if len(cfg.static.resolutions) != len(cfg.static.resolution_milestones) + 1:
@@ -295,8 +298,8 @@ def displacement_smoothness(weight: float):
     cameras: ``sum over t, y, x, channels of mean over clips of (D[t+1] - D[t])^2 + (D[y+1] - D[y])^2 +
     (D[x+1] - D[x])^2``, times ``weight``."""
 
-    def losses(scene: Scene4D, views: ViewBatch) -> dict[str, torch.Tensor]:
-        d = scene.render_displacement(views.cameras)
+    def losses(scene: Scene4D, views: ViewBatch, render: RenderOutput | None = None) -> dict[str, torch.Tensor]:
+        d = scene.render_displacement(views.cameras, per_camera=None if render is None else render.meta.get("per_camera"))
         d = d.reshape(-1, views.frames, *d.shape[1:])
         value = sum((a - b).square().mean(0).sum() for a, b in (
             (d[:, 1:], d[:, :-1]), (d[:, :, 1:], d[:, :, :-1]), (d[:, :, :, 1:], d[:, :, :, :-1])))

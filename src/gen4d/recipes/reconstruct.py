@@ -179,6 +179,8 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
     device = resolve_device(cfg.device)
     if cfg.background not in ("white", "black", "random"):
         raise Gen4DError(f"background must be white, black or random, got {cfg.background!r}")
+    if cfg.model.init_points < 1:
+        raise Gen4DError(f"model.init_points must be at least 1, got {cfg.model.init_points}")
     random_bg = cfg.background == "random"
     splits = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background="white" if random_bg else cfg.background)
     train, test = splits["train"], splits["test"]
