@@ -36,7 +36,7 @@ from ..guidance.sds import TimestepSchedule
 from ..scene import Scene4D
 from ..training.loop import StepLosses
 from ..training.losses import regulariser_losses
-from .views import ViewSampling, sample_views
+from .views import ViewBatch, ViewSampling, sample_views
 
 Schedule = float | Callable[[int], float]
 """A number, or a function of the stage's step."""
@@ -120,7 +120,8 @@ def depth_correlation_loss(depth: Tensor, target: Tensor, mask: Tensor) -> Tenso
 class ScoreDistillation:
     """The loss function of a score-distillation stage (module doc): ``(scene, step, generator) -> StepLosses``.
 
-    ``history`` counts how often each term ran (the ``one`` rule's draws).
+    ``history`` counts how often each term ran (the ``one`` rule's draws); ``last_views`` holds each term's views of
+    its latest step (a recipe may act on what was drawn, e.g. Animate124's clips that start at t = 0).
     """
 
     def __init__(self, terms: list[GuidanceTerm], reference: ReferenceViews | None = None,
@@ -139,6 +140,7 @@ class ScoreDistillation:
         self.regularisers = dict(regularisers or {})
         self.background = background
         self.history: dict[str, int] = {t.name: 0 for t in terms}
+        self.last_views: dict[str, ViewBatch] = {}
 
     # ------------------------------------------------------------------------------------------------ pieces
     def choose(self, generator: torch.Generator) -> list[GuidanceTerm]:
@@ -188,7 +190,7 @@ class ScoreDistillation:
         size = at(term.resolution, step)
         width, height = (size, size) if isinstance(size, int) else size
         reference_times = None if self.reference is None else self.reference.cameras.times
-        views = sample_views(term.views, generator, width, height, reference_time, reference_times)
+        views = self.last_views[term.name] = sample_views(term.views, generator, width, height, reference_time, reference_times)
         device = scene.gaussians.params["means"].device
         cams = views.cameras.to(device)
         out = scene.render(cams, background=background, deform=term.deform)
