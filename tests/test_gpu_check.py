@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     sections = record["sections"]
-    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion"}
+    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion", "animate124"}
     assert not any("error" in s or "skipped" in s for s in sections.values())
     # the fast backend matches the PyTorch one, forward and every gradient
     parity = sections["rasterizer"]["parity"]
@@ -34,4 +34,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     assert math.isfinite(sections["reconstruct"]["test_psnr"]) and sections["reconstruct"]["render_fps"] > 0
     assert {r["part"] for r in sections["dg4d"]["rows"]} >= {"static", "dynamic", "exports"}
     assert any(r["status"] == "ok" for r in sections["motion"]["training"])
+    a124 = sections["animate124"]
+    assert [r["stage"] for r in a124["rows"]] == ["invert", "static", "dynamic", "semantic"]
+    assert all(r["seconds_per_step"] > 0 for r in a124["rows"]) and a124["projection_minutes"]["default"]["minutes"] > 0
     assert "gpu_check on cpu (dry run)" in capsys.readouterr().out

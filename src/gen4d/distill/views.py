@@ -43,7 +43,7 @@ class ViewSampling:
     per view | reference: the time of the step's reference frame (image recipes fitting a driving video) |
     frames: ``views`` random cameras at every reference frame's time (DreamGaussian4D's 4D stage; view-major) |
     clip: ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors) | strided_clip: ``frames``
-    times on a grid of ``time_grid`` steps with a random stride and start, reversed with ``reverse_probability``
+    times on a grid of ``time_grid`` steps with a random stride and start, mirrored with ``reverse_probability``
     (Animate124's ``sample_rand_frames: fps``, :func:`strided_clip_times`)."""
     frames: int = 16
     """Frames per clip (``times=clip``)."""
@@ -55,7 +55,8 @@ class ViewSampling:
     zero_start_probability: float = 0.2
     """``times=strided_clip``: probability that a clip starts at t = 0 (Animate124's ``zero_rate``)."""
     reverse_probability: float = 0.5
-    """``times=strided_clip``: probability that a clip plays backwards (its first frame then is not t = 0)."""
+    """``times=strided_clip``: probability that a clip's times are mirrored, ``t -> 1 - t`` (module doc of
+    :func:`strided_clip_times`)."""
     frame_motion_deg: tuple[float, float] = (0.0, 0.0)
     """Clips: the camera moves by ``k * d`` degrees of elevation and azimuth at frame ``k``, with ``d`` uniform in
     ``[-m, m]`` per clip, ``(m_elevation, m_azimuth)`` given here (Animate124's ``train_dynamic_camera``)."""
@@ -112,8 +113,10 @@ def strided_clip_times(frames: int, grid: int, zero_start_probability: float, re
 
     A span of ``frames * stride`` grid steps, ``stride = floor(U{frames..grid} / frames)`` (1 .. grid // frames), starts
     at 0 with ``zero_start_probability``, else at a uniform ``start`` in ``0 .. grid - span``; frame ``k`` is at
-    ``(start + k stride) / grid``. With ``reverse_probability`` the times become ``1 - t`` in reverse order (a clip
-    played backwards; it then no longer starts at 0). Draws, in order: zero start, span, start (when not zero), reversal.
+    ``(start + k stride) / grid``. With ``reverse_probability`` the times become ``1 - t`` in reverse order: the clip
+    still runs forwards in time, over the mirrored window (one drawn to start at 0 then ends at 1, and is no longer
+    a zero-start clip), as Animate124's ``time = precision - time`` followed by ``time[::-1]``. Draws, in order: zero
+    start, span, start (when not zero), mirroring.
     """
     zero = float(torch.rand((), generator=generator)) < zero_start_probability
     span = int(torch.randint(frames, grid + 1, (), generator=generator)) // frames * frames

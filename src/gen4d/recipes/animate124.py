@@ -12,9 +12,9 @@ order, each stage a score-distillation stage (:mod:`gen4d.distill.stage`), chain
      canonical Gaussians, densified;
   2. ``dynamic`` - a zero-initialised deformation field; every step a 16-frame clip of one slightly moving camera at
      128 px (ModelScope; 144 x 80 for ZeroScope), frames on a 256-step time grid with a random stride and start,
-     played backwards with p = 0.5 (``sample_rand_frames: fps``, :func:`gen4d.distill.views.strided_clip_times`),
+     mirrored (t -> 1 - t) with p = 0.5 (``sample_rand_frames: fps``, :func:`gen4d.distill.views.strided_clip_times`),
      video SDS weight 1 (CFG 100 on top of the text branch, t in [0.02, 0.98]). A clip that starts at t = 0 (p = 0.2,
-     and forwards) also gets the reference-view losses at t = 0 and Zero123 SDS (weight 40) at a random view at
+     and not mirrored) also gets the reference-view losses at t = 0 and Zero123 SDS (weight 40) at a random view at
      t = 0 - Animate124's anchor of the first frame to the image. The Gaussians learn at 1/100 of stage 1's rates
      (Animate124's static grid: 0.01 -> 1e-4), the field at the time grid's 0.01;
   3. ``semantic`` - as ``dynamic``, plus ControlNet-tile SDS on SD 1.5 (weight 3, CFG 7.5, t in [0.02, 0.98]) on
@@ -139,6 +139,9 @@ class VideoSettings:
     """modelscope (``-ms`` configs, 128 x 128 renders) | zeroscope (``-zs``, 144 x 80)."""
     width: int = 128
     height: int = 128
+    model_size: tuple[int, int] = (0, 0)
+    """``(width, height)`` the frames are resized to before encoding; (0, 0): the model's own (ModelScope 256 x 256,
+    ZeroScope 576 x 320; 256 x 256 for a folder of another name)."""
     frames: int = 16
     guidance_scale: float = 101.0
     """Animate124's video guidance computes ``eps_text + 100 (eps_text - eps_uncond)``: CFG ``s = 101``."""
@@ -416,7 +419,7 @@ class Animate124Run:
 
     def video_prior(self):
         v = self.cfg.video
-        w, h = VIDEO_SIZES.get(v.model, (v.width, v.height))
+        w, h = tuple(v.model_size) if v.model_size[0] > 0 else VIDEO_SIZES.get(v.model, (256, 256))
         return self.prior("video", "video", VideoSDSConfig(
             model=v.model, guidance_scale=v.guidance_scale, precision=self.precision, timesteps=v.timesteps, model_width=w,
             model_height=h, grad_frames=v.grad_frames, cpu_offload=v.cpu_offload))
