@@ -166,6 +166,12 @@ def test_learned_token_is_what_the_controlnet_prompt_encodes(tmp_path, image):
     tok = tile.tokenizer.convert_tokens_to_ids("<panda>")
     assert tok in ids
     assert torch.equal(tile.text_encoder.get_input_embeddings().weight[tok].detach(), vec[0])
+    # and the prompt's embeddings are the text encoder's output with that row (not a cached encoding of another token)
+    text, _ = tile.encode_prompt(ar.controlnet_prompt).get(1)
+    ids = tile.tokenizer(ar.controlnet_prompt, padding="max_length", max_length=tile.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(text[0].float(), tile.text_encoder(ids)[0][0].float(), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ textual inversion

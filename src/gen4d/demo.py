@@ -195,8 +195,8 @@ ANIMATE124_SETTINGS = [
     # the scene as rendered (no recentring: the oracle's world is the scene's); every render at 64 px; no textual
     # inversion (an oracle has no text encoder to learn a token for); the stages shortened for two CPU cores
     f"reference.size={ANIMATE124_SIZE}", "reference.recenter=false", "textual_inversion.iterations=0",
-    "static.iterations=600", f"static.resolution={ANIMATE124_SIZE}", "dynamic.iterations=1500", "semantic.iterations=300",
-    f"video.width={ANIMATE124_SIZE}", f"video.height={ANIMATE124_SIZE}", "video.frames=8", "video.time_grid=64",
+    "static.iterations=600", f"static.resolution={ANIMATE124_SIZE}", "dynamic.iterations=600", "semantic.iterations=150",
+    f"video.width={ANIMATE124_SIZE}", f"video.height={ANIMATE124_SIZE}", "video.frames=4", "video.time_grid=32",
     f"semantic.fixed_size={ANIMATE124_SIZE}", "init_points=2000", "densify.max_gaussians=5000", "checkpoint_every=200",
     "preview_every=0", "export.mesh_resolution=48", "export.video_size=96", "export.video_frames=24",
 ]

@@ -497,18 +497,14 @@ class Animate124Run:
         prior = video
         if semantic:
             s = cfg.semantic
+            token, vectors = read_textual_inversion(self.embeds) if self.embeds is not None else (None, None)
+            # the token is loaded at construction, so that the prior's prompt cache is keyed on its vector
             tile = self.prior("tile", "controlnet-tile", ControlNetTileConfig(
                 model=s.model, controlnet=s.controlnet, guidance_scale=s.guidance_scale, resolution=s.fixed_size,
-                precision=self.precision))
-            token = None
-            if self.embeds is not None:
-                load = getattr(tile, "load_textual_inversion", None)
-                token, vectors = read_textual_inversion(self.embeds)
-                if callable(load):  # an oracle prior has no text encoder
-                    load(self.embeds)
-                prompt_text = expand_textual_inversion_prompt(controlnet_prompt(cfg, token), token, len(vectors))
-            else:
-                prompt_text = controlnet_prompt(cfg, None)
+                precision=self.precision, textual_inversion=None if self.embeds is None else str(self.embeds)))
+            prompt_text = controlnet_prompt(cfg, token)
+            if token is not None:
+                prompt_text = expand_textual_inversion_prompt(prompt_text, token, len(vectors))
             self.controlnet_prompt = prompt_text
             prior = ClipWithTileFrames(video, tile, tile.encode_prompt(prompt_text), s.fixed_frames, s.weight, s.timesteps)
         term = self.clip_term(prior, video.encode_prompt(cfg.prompt))

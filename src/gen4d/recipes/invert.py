@@ -25,13 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .. import Gen4DError
 from ..config import config_yaml
+from ..data.frames import read_image_file
+from ..data.preprocess import composite
 from ..devices import resolve_device, resolve_precision
 from ..files import atomic_path
 from ..guidance.base import DTYPES
@@ -107,8 +108,7 @@ PRESETS: dict[str, list[str]] = {
 
 
 def check(cfg: InvertConfig) -> None:
-    if not Path(cfg.input).is_file():
-        raise Gen4DError(f"image not found: {cfg.input}")
+    read_image_file(Path(cfg.input))
     if not cfg.token.strip() or " " in cfg.token.strip():
         raise Gen4DError(f"--token must be one word such as \"<panda>\", got {cfg.token!r}")
     if not cfg.init_token.strip():
@@ -126,13 +126,8 @@ def requirements(cfg: InvertConfig) -> list[Requirement]:
 
 def read_image(path: str | Path) -> Tensor:
     """``[3, H, W]`` in [0, 1]: RGBA composited on white, RGB as is."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError) as e:
-        raise Gen4DError(f"cannot read the image {str(path)!r}: {e}") from None
-    rgba = torch.from_numpy(np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return rgba[:3] * rgba[3:] + (1.0 - rgba[3:])
+    rgba, _ = read_image_file(Path(path))
+    return composite(torch.from_numpy(rgba.astype(np.float32) / 255.0).permute(2, 0, 1))
 
 
 # ------------------------------------------------------------------------------------------------ augmentations
