@@ -3,7 +3,7 @@
 Angles follow :mod:`gen4d.cameras` (degrees; azimuth from +x towards +y, elevation above the xy plane; the input
 view of image recipes is azimuth 0, elevation 0). Random numbers are drawn from the stage's generator in a fixed
 order: azimuths, elevations, then radii and fields of view (only when their range is not a single value), then
-times (only when random).
+clips' camera drift (only when ``frame_motion_deg`` is set), then times (only when random).
 """
 
 from __future__ import annotations
