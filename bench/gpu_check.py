@@ -23,6 +23,9 @@ measured; a section that no longer fits the budget is skipped and says so):
 6. ``dreamin4d``   Dream-in-4D's static and dynamic stages at published sizes (MVDream + SD 2.1 on 4 views at
    256 px; ZeroScope on 24 frames with HiFA): seconds per step and peak memory of each, and the projected hours of
    each preset (``bench_dreamin4d.py``).
+7. ``animate124``  Animate124's stages (textual inversion, static, dynamic, semantic) at the default preset with
+   published-size SD 1.5, Zero123-XL, ModelScope and ControlNet-tile: seconds per step, peak memory per stage and
+   the presets' projected minutes (``bench_animate124.py``).
 
 ``--dry-run`` runs every section with tiny models and sizes on the CPU (gen4d's numba backend stands in for
 gsplat): the test suite runs it, so the GPU command is known to work before a GPU is lent.
@@ -51,6 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts, beside this one
 
+import bench_animate124  # noqa: E402
 import bench_dg4d  # noqa: E402
 import bench_dreamin4d  # noqa: E402
 import bench_guidance  # noqa: E402
@@ -77,7 +81,7 @@ SIZES = {
 PRIORS = ("sd21", "mvdream", "zero123", "zeroscope")
 TINY = {"sd21": "sd21", "mvdream": "mvdream", "zero123": "stable-zero123", "zeroscope": "zeroscope"}
 """The tiny model standing in for each prior in a dry run."""
-MIN_SECONDS = {"rasterizer": 20, "priors": 60, "reconstruct": 60, "dg4d": 90, "motion": 60, "dreamin4d": 60}
+MIN_SECONDS = {"rasterizer": 20, "priors": 60, "reconstruct": 60, "dg4d": 90, "motion": 60, "dreamin4d": 60, "animate124": 120}
 """Least time a section needs on one H100 (a section that cannot get it is skipped)."""
 
 
@@ -223,6 +227,12 @@ def dg4d_section(device: torch.device, dry: bool, cache: Path) -> dict:
     return bench_dg4d.run(args)
 
 
+def animate124_section(device: torch.device, dry: bool, cache: Path) -> dict:
+    args = bench_animate124.parser().parse_args(["--device", str(device), "--cache", str(cache), "--steps", "1" if dry else "2",
+                                                 "--presets", "default"] + (["--small"] if dry else []))
+    return bench_animate124.run(args)
+
+
 def motion_section(device: torch.device, dry: bool, cache: Path) -> dict:
     ap = bench_motion.parser()
     args = ap.parse_args(["--device", str(device), "--cache", str(cache)] + (["--small"] if dry else []))
@@ -277,13 +287,20 @@ def print_table(record: dict) -> None:
             est = part.get("recipe_estimate")
             if est:
                 print(f"  motion       default run with {est['previews']} previews: ~{est['seconds']:.0f} s")
+        elif name == "animate124":
+            for r in part["rows"]:
+                peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f} GiB"
+                what = r["error"] if "error" in r else f"{r['seconds_per_step']:.3f} s/step"
+                print(f"  animate124   {r['preset']:<8} {r['stage']:<9} {what}  peak {peak}")
+            for preset, p in part.get("projection_minutes", {}).items():
+                print(f"  animate124   {preset}: about {p['minutes']:.0f} min")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny models and sizes on the CPU (checks this script)")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for everything (default: 9 minutes)")
-    ap.add_argument("--sections", nargs="+", default=["rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d"])
+    ap.add_argument("--sections", nargs="+", default=["rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d", "animate124"])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/gen4d-published-size"), help="where published-size models are built")
     ap.add_argument("--json", type=Path, default=None, help="default: bench/results/gpu_check.json (--dry-run: gpu_check_dry.json)")
     args = ap.parse_args(argv)
@@ -304,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gen4d-gpu-check-"))
     compile_job = start_gsplat_compile() if "rasterizer" in args.sections else None
     # the priors first: they fill the time gsplat's compilation takes in the background
-    order = [s for s in ("priors", "rasterizer", "reconstruct", "dg4d", "motion", "dreamin4d") if s in args.sections]
+    order = [s for s in ("priors", "rasterizer", "reconstruct", "dg4d", "motion", "dreamin4d", "animate124") if s in args.sections]
     runners = {
         "priors": lambda: priors_section(size, device, args.dry_run, args.cache, deadline - sum(MIN_SECONDS[s] for s in order[1:])),
         "rasterizer": lambda: rasterizer_section(size, device, compile_job),
@@ -312,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "dg4d": lambda: dg4d_section(device, args.dry_run, args.cache),
         "motion": lambda: motion_section(device, args.dry_run, args.cache),
         "dreamin4d": lambda: dreamin4d_section(device, args.dry_run, args.cache),
+        "animate124": lambda: animate124_section(device, args.dry_run, args.cache),
     }
     try:
         for name in order:

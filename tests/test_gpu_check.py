@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     sections = record["sections"]
-    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d"}
+    assert set(sections) == {"rasterizer", "priors", "reconstruct", "dg4d", "motion", "dreamin4d", "animate124"}
     assert not any("error" in s or "skipped" in s for s in sections.values())
     # the fast backend matches the PyTorch one, forward and every gradient
     parity = sections["rasterizer"]["parity"]
@@ -37,4 +37,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path, capsys):
     d4 = sections["dreamin4d"]
     assert set(d4["stages"]) == {"static", "dynamic"} and all(r["seconds_per_step"] > 0 for r in d4["stages"].values())
     assert d4["projected_hours"]["paper"]["hours"] > d4["projected_hours"]["default"]["hours"] > d4["projected_hours"]["fast"]["hours"]
+    a124 = sections["animate124"]
+    assert [r["stage"] for r in a124["rows"]] == ["invert", "static", "dynamic", "semantic"]
+    assert all(r["seconds_per_step"] > 0 for r in a124["rows"]) and a124["projection_minutes"]["default"]["minutes"] > 0
     assert "gpu_check on cpu (dry run)" in capsys.readouterr().out

@@ -6,6 +6,7 @@
     gen4d image IMAGE --out DIR          image -> 4D (--recipe: see gen4d image --help)
     gen4d video VIDEO --out DIR          monocular video -> 4D
     gen4d text "PROMPT" --out DIR        text -> 4D
+    gen4d invert IMAGE --token "<tok>" --out DIR   textual inversion: a new token for Stable Diffusion 1.5
     gen4d motion train VIDEO --out DIR   MotionDirector: learn a motion LoRA from reference video(s)
     gen4d motion sample "PROMPT" --out DIR [--motion DIR]   text -> video with a learned motion
     gen4d subject train IMAGES --token sks --class dog --out DIR   DreamBooth LoRA of a subject (dreamin4d --subject)
@@ -45,6 +46,7 @@ INPUTS = {
     "image": ("IMAGE", "an image (RGBA as is; RGB needs rembg for background removal)"),
     "video": ("VIDEO", "a video file (.mp4, .gif, ...) or a folder of frames"),
     "text": ("PROMPT", 'what to generate, e.g. "a corgi running"'),
+    "invert": ("IMAGE", "an image (RGBA is composited on white, RGB used as is) to learn a token from"),
     "motion train": ("INPUT", "a video, a folder of frames, a folder of videos (prompt in VIDEO.txt) or of images (preset appearance)"),
     "motion sample": ("PROMPT", "what to generate"),
     "subject train": ("IMAGES", "a folder of images of the subject (or one image)"),
@@ -54,6 +56,7 @@ HELP = {
     "image": "image -> 4D",
     "video": "monocular video -> 4D",
     "text": "text -> 4D",
+    "invert": "textual inversion: learn a new token's embedding for Stable Diffusion 1.5 from an image",
     "motion train": "MotionDirector: train dual-path (spatial + temporal) LoRA on reference video(s)",
     "motion sample": "text -> video with a learned motion (DDIM, optional inversion noise prior)",
     "subject train": "DreamBooth LoRA of a personalised subject (for gen4d text --recipe dreamin4d --subject DIR)",
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene", default=None, help="synthetic scene: bouncing_balls | jumping_jacks | spinning_box")
     p.set_defaults(func=cmd_demo, overrides_allowed=True)
 
-    for command in ("reconstruct", "image", "video", "text"):
+    for command in ("reconstruct", "image", "video", "text", "invert"):
         _add_recipe_command(sub, command, command)
 
     motion = sub.add_parser("motion", help="MotionDirector: learn a motion from videos, generate new videos with it")

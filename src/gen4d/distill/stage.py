@@ -136,7 +136,8 @@ def depth_correlation_loss(depth: Tensor, target: Tensor, mask: Tensor) -> Tenso
 class ScoreDistillation:
     """The loss function of a score-distillation stage (module doc): ``(scene, step, generator) -> StepLosses``.
 
-    ``history`` counts how often each term ran (the ``one`` rule's draws).
+    ``history`` counts how often each term ran (the ``one`` rule's draws); ``last_views`` holds each term's views of
+    its latest step (a recipe may act on what was drawn, e.g. Animate124's clips that start at t = 0).
     """
 
     def __init__(self, terms: list[GuidanceTerm], reference: ReferenceViews | None = None,
@@ -155,6 +156,7 @@ class ScoreDistillation:
         self.regularisers = dict(regularisers or {})
         self.background = background
         self.history: dict[str, int] = {t.name: 0 for t in terms}
+        self.last_views: dict[str, ViewBatch] = {}
 
     # ------------------------------------------------------------------------------------------------ pieces
     def choose(self, generator: torch.Generator) -> list[GuidanceTerm]:
@@ -234,6 +236,7 @@ class ScoreDistillation:
         if views is None:
             return {}, None, 0
         shared[term.name] = (views, out)
+        self.last_views[term.name] = views
         cams = views.cameras
         images = out.rgb.permute(0, 3, 1, 2)
         if views.frames > 1:

@@ -3,7 +3,7 @@
 Angles follow :mod:`gen4d.cameras` (degrees; azimuth from +x towards +y, elevation above the xy plane; the input
 view of image recipes is azimuth 0, elevation 0). Random numbers are drawn from the stage's generator in a fixed
 order: azimuths, elevations, then radii and fields of view (only when their range is not a single value), then
-times (only when random).
+clips' camera drift (only when ``frame_motion_deg`` is set), then times (only when random).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .. import Gen4DError
 from ..cameras import Cameras, frame_times, intrinsics_from_fov, orbit_cameras
 from ..guidance.base import Conditioning
 
-TIME_MODES = ("zero", "shared", "per_view", "reference", "frames", "clip")
+TIME_MODES = ("zero", "shared", "per_view", "reference", "frames", "clip", "strided_clip")
 
 
 @dataclass
@@ -42,12 +42,24 @@ class ViewSampling:
     """zero: the canonical time 0 | shared: one random time for all views of the step | per_view: a random time
     per view | reference: the time of the step's reference frame (image recipes fitting a driving video) |
     frames: ``views`` random cameras at every reference frame's time (DreamGaussian4D's 4D stage; view-major) |
-    clip: ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors)."""
+    clip: ``frames`` evenly spaced times over [0, 1] seen by one camera (video priors) | strided_clip: ``frames``
+    times on a grid of ``time_grid`` steps with a random stride and start, mirrored with ``reverse_probability``
+    (Animate124's ``sample_rand_frames: fps``, :func:`strided_clip_times`)."""
     frames: int = 16
     """Frames per clip (``times=clip``)."""
     clip_offset: bool = False
     """``times=clip``: frames at ``t0 + k / frames`` with ``t0`` uniform in ``[0, 1 / frames)`` (4D-fy's
     ``sample_rand_frames: t0``) instead of ``frames`` times evenly spaced over ``[0, 1]``."""
+    time_grid: int = 256
+    """``times=strided_clip``: the time grid's steps (Animate124's ``precision``)."""
+    zero_start_probability: float = 0.2
+    """``times=strided_clip``: probability that a clip starts at t = 0 (Animate124's ``zero_rate``)."""
+    reverse_probability: float = 0.5
+    """``times=strided_clip``: probability that a clip's times are mirrored, ``t -> 1 - t`` (module doc of
+    :func:`strided_clip_times`)."""
+    frame_motion_deg: tuple[float, float] = (0.0, 0.0)
+    """Clips: the camera moves by ``k * d`` degrees of elevation and azimuth at frame ``k``, with ``d`` uniform in
+    ``[-m, m]`` per clip, ``(m_elevation, m_azimuth)`` given here (Animate124's ``train_dynamic_camera``)."""
     shared_camera: bool = False
     """One elevation, radius and field of view for all views of a step (a multi-view prior's camera set: MVDream's
     4 views differ only in azimuth); False: each view draws its own."""
@@ -75,6 +87,8 @@ class ViewSampling:
             lo, hi = getattr(self, name)
             if hi < lo:
                 raise Gen4DError(f"{name} range ({lo}, {hi}) is empty")
+        if self.times == "strided_clip" and self.time_grid < self.frames:
+            raise Gen4DError(f"time_grid ({self.time_grid}) must be at least frames ({self.frames})")
 
 
 @dataclass
@@ -89,6 +103,8 @@ class ViewBatch:
     times: Tensor
     frames: int = 1
     """Frames per clip (1 for still views): renders reshape to ``[N / frames, frames, 3, H, W]``."""
+    starts_at_zero: bool = False
+    """``times=strided_clip``: the clip was drawn to start at t = 0 (and plays forwards)."""
 
     def select(self, index: Tensor) -> "ViewBatch":
         """Views ``index`` (still views only)."""
@@ -115,6 +131,27 @@ def _uniform(lo: float, hi: float, n: int, generator: torch.Generator) -> Tensor
     return lo + torch.rand(n, generator=generator) * (hi - lo)
 
 
+def strided_clip_times(frames: int, grid: int, zero_start_probability: float, reverse_probability: float,
+                       generator: torch.Generator) -> tuple[Tensor, bool]:
+    """Animate124's clip times (``sample_rand_frames: fps``) and whether the clip starts at t = 0.
+
+    A span of ``frames * stride`` grid steps, ``stride = floor(U{frames..grid} / frames)`` (1 .. grid // frames), starts
+    at 0 with ``zero_start_probability``, else at a uniform ``start`` in ``0 .. grid - span``; frame ``k`` is at
+    ``(start + k stride) / grid``. With ``reverse_probability`` the times become ``1 - t`` in reverse order: the clip
+    still runs forwards in time, over the mirrored window (one drawn to start at 0 then ends at 1, and is no longer
+    a zero-start clip), as Animate124's ``time = precision - time`` followed by ``time[::-1]``. Draws, in order: zero
+    start, span, start (when not zero), mirroring.
+    """
+    zero = float(torch.rand((), generator=generator)) < zero_start_probability
+    span = int(torch.randint(frames, grid + 1, (), generator=generator)) // frames * frames
+    stride = span // frames
+    start = 0 if zero else int(torch.randint(0, grid - span + 1, (), generator=generator))
+    times = (start + torch.arange(frames, dtype=torch.float64) * stride) / grid
+    if float(torch.rand((), generator=generator)) < reverse_probability:
+        times, zero = (1.0 - times).flip(0), False
+    return times.float(), zero
+
+
 def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height: int,
                  reference_time: float | None = None, reference_times: Tensor | None = None) -> ViewBatch:
     """Draw one step's views of ``s`` at ``width x height`` pixels (``reference_time`` for ``times=reference``,
@@ -133,7 +170,9 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
     el = _uniform(*s.elevation_deg, m, generator).expand(n).clone()
     radius = _uniform(*s.radius, m, generator).expand(n).clone() if s.radius[1] > s.radius[0] else None
     fov = _uniform(*s.fov_deg, m, generator).expand(n).clone() if s.fov_deg[1] > s.fov_deg[0] else None
-    frames = s.frames if s.times == "clip" else 1
+    clip = s.times in ("clip", "strided_clip")
+    frames = s.frames if clip else 1
+    starts_at_zero = False
     if s.times == "zero":
         times: float | Tensor = 0.0
     elif s.times == "shared":
@@ -146,11 +185,21 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
         if reference_time is None:
             raise ValueError("times=reference needs the step's reference frame (a stage with reference views)")
         times = float(reference_time)
-    else:  # clip: every camera repeated over the clip's frames
+    else:  # clips: every camera repeated over the clip's frames
         az, el = az.repeat_interleave(frames), el.repeat_interleave(frames)
+        m_el, m_az = s.frame_motion_deg
+        if m_el > 0 or m_az > 0:  # the camera drifts linearly over each clip
+            k = torch.arange(frames, dtype=torch.float32).repeat(n)
+            el = el + _uniform(-m_el, m_el, n, generator).repeat_interleave(frames) * k
+            az = az + _uniform(-m_az, m_az, n, generator).repeat_interleave(frames) * k
         radius = None if radius is None else radius.repeat_interleave(frames)
         fov = None if fov is None else fov.repeat_interleave(frames)
-        if s.clip_offset:
+        if s.times == "strided_clip":
+            draws = [strided_clip_times(frames, s.time_grid, s.zero_start_probability, s.reverse_probability, generator)
+                     for _ in range(n)]
+            times = torch.cat([t for t, _ in draws])
+            starts_at_zero = all(z for _, z in draws)
+        elif s.clip_offset:
             t0 = float(torch.rand((), generator=generator)) / frames
             times = (t0 + torch.arange(frames, dtype=torch.float32) / frames).repeat(n)
         elif s.clip_span != (1.0, 1.0):
@@ -171,4 +220,4 @@ def sample_views(s: ViewSampling, generator: torch.Generator, width: int, height
     if fov is not None or s.vertical_fov:
         cams = Cameras(cams.viewmats, torch.stack([intrinsics_from_fov(math.radians(float(f)), width, height).float() for f in fov_t]),
                        width, height, cams.times)
-    return ViewBatch(cams, el, az, radius_t, fov_t, cams.times, frames)
+    return ViewBatch(cams, el, az, radius_t, fov_t, cams.times, frames, starts_at_zero)

@@ -35,6 +35,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "mvdream-diffusers": ModelSpec("ashawkey/mvdream-sd2.1-diffusers", "MVDream, diffusers port"),
     "zero123-xl": ModelSpec("ashawkey/zero123-xl-diffusers", "Zero123-XL novel-view diffusion"),
     "stable-zero123": ModelSpec("ashawkey/stable-zero123-diffusers", "Stable Zero123 novel-view diffusion"),
+    "zero123": ModelSpec("bennyguo/zero123-diffusers", "Zero123 (threestudio conversion; Animate124's stages 2 and 3)"),
     "zero123-xl-bennyguo": ModelSpec("bennyguo/zero123-xl-diffusers", "Zero123-XL (threestudio conversion)"),
     "svd": ModelSpec("stabilityai/stable-video-diffusion-img2vid", "Stable Video Diffusion, 14 frames"),
     "svd-xt": ModelSpec("stabilityai/stable-video-diffusion-img2vid-xt", "Stable Video Diffusion XT, 25 frames"),

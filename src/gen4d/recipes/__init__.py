@@ -3,12 +3,12 @@
 :data:`RECIPES` is the registry the command line is built from (``gen4d image|video|text|... --recipe NAME``).
 """
 
-from . import dg4d, dreamin4d, fourdfy, motion, motion_sample, reconstruct, subject, text2video4d
+from . import animate124, dg4d, dreamin4d, fourdfy, invert, motion, motion_sample, reconstruct, subject, text2video4d
 from .recipe import Option, Recipe
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     reconstruct.RECIPE, dg4d.RECIPE, text2video4d.RECIPE, fourdfy.RECIPE, dreamin4d.RECIPE, motion.RECIPE, motion_sample.RECIPE,
-    subject.RECIPE,
+    animate124.RECIPE, invert.RECIPE, subject.RECIPE,
 )}
 
 

@@ -57,8 +57,8 @@ from ..guidance.subject_lora import find_lora_file
 from ..guidance.video_sds import VideoSDSConfig
 from ..guidance.zero123 import Zero123Config
 from ..models.preflight import ModelRequirement, Requirement
-from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..render import RenderOutput
+from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..scene import Scene4D
 from ..training.loop import Stage, run_stages
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers

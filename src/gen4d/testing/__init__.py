@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..models.registry import METRIC_WEIGHTS, register_model_set
-from .tiny_controlnet import make_tiny_sd15_controlnet
+from .tiny_controlnet import make_tiny_controlnet_tile, make_tiny_sd15_controlnet
 from .tiny_if import make_tiny_if
 from .tiny_metrics import make_tiny_metric_weights
 from .tiny_mvdream import make_tiny_mvdream
@@ -28,7 +28,7 @@ def _builders() -> dict[str, Callable]:
     return {
         "sd21": make_tiny_sd,
         "sd15": make_tiny_sd15_controlnet,
-        "controlnet-tile": make_tiny_sd15_controlnet,
+        "controlnet-tile": make_tiny_controlnet_tile,
         "mvdream": make_tiny_mvdream,
         "mvdream-diffusers": make_tiny_mvdream,
         "zeroscope": make_tiny_t2v,
@@ -36,6 +36,7 @@ def _builders() -> dict[str, Callable]:
         "zero123-xl": make_tiny_zero123,
         "stable-zero123": make_tiny_zero123,
         "zero123-xl-bennyguo": make_tiny_zero123,
+        "zero123": make_tiny_zero123,
         "svd": make_tiny_svd,
         "svd-xt": make_tiny_svd,
         "deepfloyd-if": make_tiny_if,

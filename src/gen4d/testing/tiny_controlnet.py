@@ -11,6 +11,7 @@ control signal.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,4 +42,13 @@ def make_tiny_sd15_controlnet(folder: str | Path, seed: int = 0) -> Path:
     _unzero(controlnet.controlnet_mid_block, 0.05, g)
     controlnet.save_pretrained(folder / "controlnet")
     save_latent_diffusion_stack(folder, seed, "StableDiffusionPipeline", "UNet2DConditionModel")
+    return folder
+
+
+def make_tiny_controlnet_tile(folder: str | Path, seed: int = 0) -> Path:
+    """The tiny SD 1.5 stack with its ControlNet also at the folder's root, where a ControlNet repository
+    (``lllyasviel/control_v11f1e_sd15_tile``) keeps it, so that ``--models tiny`` loads it from the registry name."""
+    folder = make_tiny_sd15_controlnet(folder, seed)
+    for f in (folder / "controlnet").iterdir():
+        shutil.copy2(f, folder / f.name)
     return folder
