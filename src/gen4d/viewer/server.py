@@ -8,6 +8,8 @@ does not resend Gaussians. While the run trains, a watcher reloads the scene whe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 import time
 
@@ -37,7 +39,8 @@ class RunViewer:
         self._stop = threading.Event()
         self._frame_nodes: list = []
         self._mesh_nodes: list = []
-        self.server = viser.ViserServer(host=host, port=port, label="gen4d", verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner of its own; gen4d prints the address
+            self.server = viser.ViserServer(host=host, port=port, label="gen4d", verbose=False)
         self.server.scene.set_up_direction("+z")
         self.server.initial_camera.position = tuple(_eye(30.0, 20.0, self.scene.radius))
         self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
