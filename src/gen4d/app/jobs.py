@@ -28,11 +28,11 @@ from pathlib import Path
 from PIL import Image
 
 from .. import Gen4DError
+from ..cli import PROGRESS_ENV  # when set, the command line appends each stage progress event to this file
 from ..files import write_json
 from ..models.preflight import check_requirements
 from ..recipes import RECIPES
 
-from ..cli import PROGRESS_ENV  # when set, the command line appends each stage progress event to this file
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_TYPES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 ARCHIVE_TYPES = (".zip",)
