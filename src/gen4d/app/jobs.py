@@ -60,11 +60,14 @@ INPUT_KINDS = {"image": "image", "video": "video", "text": "text", "reconstruct"
 def safe_filename(name: str, default: str = "upload") -> str:
     """A file name a user sent, made harmless: its last path component (either slash), only letters, digits, ``.``,
     ``_`` and ``-``, no leading dots, at most 100 characters. Never a path, never ``..``."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")
-    stem, dot, ext = base[:100].rpartition(".")
-    base = base[:100] if not dot else f"{stem[: 100 - len(ext) - 1]}.{ext}"
-    return base if base.strip("._-") else default
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", re.split(r"[\\/]", str(name))[-1])
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    stem, ext = stem.strip(".")[:90], ext[:10]
+    if not stem.strip("._-"):
+        stem = default
+    return f"{stem}.{ext}" if ext else stem
 
 
 def inside(folder: Path, name: str) -> Path:
