@@ -89,7 +89,7 @@ def follow_job(runner: JobRunner, job: Job, resumed: bool = False) -> Iterator[V
     preview = runner.progress().preview
     if code == 0:
         yield show_job(job, preview, prefix=f"{what}: done")
-    elif code == 130 or code == -2:
+    elif code == 130 or (code is not None and code < 0):  # Ctrl-C, or killed: the last checkpoint is intact
         yield View(f"{what}: interrupted; resume it from the Runs tab (it continues from its last checkpoint)", preview)
     else:
         yield View(f"{what}: **error:** {runner.error_line(job).removeprefix('error: ')}", preview)

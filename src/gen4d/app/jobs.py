@@ -33,6 +33,13 @@ from ..files import write_json
 from ..models.preflight import check_requirements
 from ..recipes import RECIPES
 
+CLI_WITH_CTRL_C = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from gen4d.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+"""The command line, in a child process that takes SIGINT as Ctrl-C even when started from a process that ignores it
+(a server started in the background): stopping a job then ends it as Ctrl-C does."""
+
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_TYPES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 ARCHIVE_TYPES = (".zip",)
@@ -209,7 +216,7 @@ class JobRunner:
         self.runs.mkdir(parents=True, exist_ok=True)
         self.models = models
         self.process: subprocess.Popen | None = None
-        self.job: Job | None = None
+        self.current: Job | None = None
         self._started = 0.0
 
     # ------------------------------------------------------------------ creating
@@ -292,7 +299,7 @@ class JobRunner:
     def jobs(self) -> list[Job]:
         """Every job folder under ``runs``, newest first."""
         found = []
-        for p in sorted(self.runs.glob("*/job.json"), reverse=True):
+        for p in sorted(self.runs.glob("*/job.json"), key=lambda p: (p.stat().st_mtime_ns, p.parent.name), reverse=True):
             try:
                 found.append(Job.load(p.parent))
             except (OSError, ValueError, KeyError):
@@ -309,21 +316,21 @@ class JobRunner:
     def start(self, job: Job) -> None:
         """Run (or resume: the same command line on the same run folder) ``job`` in a child process."""
         if self.running():
-            raise Gen4DError(f"job {self.job.name} is still running; wait for it or stop it")
+            raise Gen4DError(f"job {self.current.name} is still running; wait for it or stop it")
         progress = job.folder / "progress.jsonl"
         progress.unlink(missing_ok=True)
         env = {**os.environ, PROGRESS_ENV: str(progress)}
         console = open(job.folder / "console.txt", "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "gen4d.cli", *job.argv], stdout=console, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, *job.argv], stdout=console, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, cwd=job.folder)
         console.close()
-        self.job, self._started = job, time.monotonic()
+        self.current, self._started = job, time.monotonic()
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def progress(self) -> Progress:
-        job = self.job
+        job = self.current
         p = Progress(elapsed=time.monotonic() - self._started if self._started else 0.0)
         if job is None:
             return p

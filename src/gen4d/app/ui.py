@@ -4,6 +4,7 @@ new recipe appears without changes here), and a Runs tab to reopen or resume a j
 from __future__ import annotations
 
 import os
+import time
 
 from ..recipes import RECIPES, recipes_for
 from .handlers import View, open_job, resume_job, start_job
@@ -157,7 +158,8 @@ def launch(runs: str, host: str = "127.0.0.1", port: int = 7860, models: str = "
     if not block:
         return demo
     try:
-        demo.block_thread()
+        while True:  # not demo.block_thread(): it prints a message of its own on Ctrl-C
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
