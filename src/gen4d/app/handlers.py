@@ -20,6 +20,8 @@ class View(NamedTuple):
     model: str | None = None
     splats: str | None = None
     downloads: list[str] | None = None
+    running: bool = False
+    """A progress update: the page leaves the result outputs as they are until the job ends."""
 
 
 def parse_settings(text: str | None) -> list[str]:
@@ -81,7 +83,7 @@ def follow_job(runner: JobRunner, job: Job, resumed: bool = False) -> Iterator[V
     try:
         while runner.running():
             p = runner.progress()
-            yield View(f"{what}: {p.line()}", p.preview)
+            yield View(f"{what}: {p.line()}", p.preview, running=True)
             time.sleep(POLL_SECONDS)
     finally:
         runner.stop()

@@ -3,11 +3,13 @@ new recipe appears without changes here), and a Runs tab to reopen or resume a j
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 
 from ..recipes import RECIPES, recipes_for
-from .handlers import View, open_job, resume_job, start_job
+from .handlers import open_job, resume_job, start_job
 from .jobs import ARCHIVE_TYPES, IMAGE_TYPES, INPUT_KINDS, VIDEO_TYPES, JobRunner
 
 TITLES = {
@@ -33,8 +35,21 @@ def _commands() -> list[str]:
     return sorted(seen, key=lambda c: order.index(c) if c in order else len(order))
 
 
-def _views(view: View) -> tuple:
-    return tuple(view)
+def _stream(views):
+    """(status, preview, results) for a stream of views; ``results`` (video, mesh, splats, downloads) only with the
+    last. The page then shows the results in a separate, non-streaming step (:func:`_show_results`): gradio's Model3D
+    did not draw a GLB that arrived as a streamed update (it did from a plain one)."""
+    import gradio as gr
+
+    for view in views:
+        values = tuple(view)[:6]
+        yield values[0], values[1], (gr.skip() if view.running else values[2:])
+
+
+def _show_results(results):
+    import gradio as gr
+
+    return tuple(results) if isinstance(results, (tuple, list)) else (gr.skip(),) * 4
 
 
 def build_app(runner: JobRunner):
@@ -110,12 +125,12 @@ def build_app(runner: JobRunner):
                     def run_fn(recipe_name, preset_name, source_value, iters_value, seed_value, settings_value, *option_values,
                                _command=command, _flags=tuple(option_flags)):
                         options = dict(zip(_flags, option_values))
-                        for view in start_job(runner, _command, recipe_name, preset_name, source_value, iters_value, seed_value,
-                                              settings_value, options):
-                            yield _views(view)
+                        yield from _stream(start_job(runner, _command, recipe_name, preset_name, source_value, iters_value,
+                                                     seed_value, settings_value, options))
 
-                    run.click(run_fn, [recipe, preset, source, iters, seed, settings, *option_inputs], outputs,
-                              concurrency_limit=1, concurrency_id=JOB_CONCURRENCY)
+                    results = gr.State(None)
+                    run.click(run_fn, [recipe, preset, source, iters, seed, settings, *option_inputs], [*outputs[:2], results],
+                              concurrency_limit=1, concurrency_id=JOB_CONCURRENCY).then(_show_results, results, outputs[2:])
                     stop.click(lambda: runner.stop(), None, None, queue=False)
 
             with gr.Tab("Runs", elem_id="tab-runs"):
@@ -129,13 +144,14 @@ def build_app(runner: JobRunner):
                     with gr.Column(scale=2):
                         outputs = outputs_panel()
                 refresh.click(lambda: gr.update(choices=[j.name for j in runner.jobs()]), None, jobs, queue=False)
-                show.click(lambda name: _views(open_job(runner, name)), jobs, outputs)
+                show.click(lambda name: tuple(open_job(runner, name))[:6], jobs, outputs)
 
                 def resume_fn(name):
-                    for view in resume_job(runner, name):
-                        yield _views(view)
+                    yield from _stream(resume_job(runner, name))
 
-                resume.click(resume_fn, jobs, outputs, concurrency_limit=1, concurrency_id=JOB_CONCURRENCY)
+                results = gr.State(None)
+                resume.click(resume_fn, jobs, [*outputs[:2], results], concurrency_limit=1,
+                             concurrency_id=JOB_CONCURRENCY).then(_show_results, results, outputs[2:])
                 stop.click(lambda: runner.stop(), None, None, queue=False)
     return demo
 
@@ -164,5 +180,6 @@ def launch(runs: str, host: str = "127.0.0.1", port: int = 7860, models: str = "
         pass
     finally:
         runner.stop()
-        demo.close()
+        with contextlib.redirect_stdout(io.StringIO()):  # gradio says it is closing
+            demo.close()
     return None

@@ -80,7 +80,12 @@ class RunViewer:
             s = self.scene
             if self.show.value == "mesh":
                 self.status.content = s.status() + "  \nmaking the mesh ..."
-                base, verts = s.mesh()
+                try:
+                    base, verts = s.mesh()
+                except Gen4DError as e:  # e.g. no surface at the export's density threshold
+                    self.status.content = f"{s.status()}  \nno mesh: {e}"
+                    self.show.value = SHOW[0]
+                    return
                 for i in range(s.num_frames):
                     mesh = base.to_trimesh()
                     mesh.vertices = verts[i]
@@ -145,7 +150,8 @@ class RunViewer:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
-        self.server.stop()
+        with contextlib.redirect_stdout(io.StringIO()):  # viser says it stopped
+            self.server.stop()
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, frames: int | None = None, device: str | None = None) -> None:
