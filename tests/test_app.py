@@ -4,6 +4,7 @@ page has a tab per command with every recipe of the registry."""
 
 import dataclasses
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -200,3 +201,16 @@ def test_a_job_argv_is_the_command_line(tmp_path, image):
     assert argv[0] == "image" and argv[argv.index("--recipe") + 1] == "dg4d" and argv[argv.index("--preset") + 1] == "fast"
     assert argv[argv.index("--models") + 1] == "tiny" and argv[argv.index("--iters") + 1] == "20"
     assert argv[argv.index("--seed") + 1] == "3" and argv[-1] == "size=64"
+
+
+def test_a_zipped_dnerf_scene_becomes_the_reconstruct_input(tmp_path):
+    from gen4d.data.synthetic import write_synthetic_scene
+
+    scene = tmp_path / "scene"
+    write_synthetic_scene("bouncing_balls", scene, resolution=16, train_views=2, train_times=2, test_views=1, seed=0)
+    archive = shutil.make_archive(str(tmp_path / "upload" / "my scene"), "zip", tmp_path, "scene")
+    runner = JobRunner(tmp_path / "runs", "tiny")
+    job = runner.new_job("reconstruct", "reconstruct", archive)
+    data = Path(job.argv[1])
+    assert data.is_relative_to(job.folder / "input") and (data / "transforms_train.json").is_file()
+    assert sorted(p.name for p in (data / "train").glob("*.png")) == sorted(p.name for p in (scene / "train").glob("*.png"))

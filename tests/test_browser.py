@@ -6,7 +6,6 @@ slider; the html export plays offline. Screenshots go to the test's folder, and 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from test_app import APP_SETTINGS
 from test_dg4d import disc
 from test_reconstruct import TINY as RECONSTRUCT_TINY
+from test_viewer import _free_port
 
 from gen4d.app.jobs import CLI_WITH_CTRL_C
 from gen4d.cli import main
@@ -43,12 +43,6 @@ def browser():
         b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], cwd: Path, ready: str, timeout: float = 120.0) -> tuple[subprocess.Popen, Path]:

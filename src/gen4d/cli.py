@@ -23,10 +23,8 @@ resumes it. Bad input prints one line starting with ``error:`` and exits with st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -41,7 +39,7 @@ from .models.registry import model_set, set_model_set
 from .recipes import RECIPES, recipes_for
 from .recipes.evaluate import build_eval_config, run_eval, score_renders
 from .runs import export_run
-from .training.loop import add_progress_listener
+from .training.loop import PROGRESS_ENV, add_progress_listener, progress_to_file
 
 INPUTS = {
     "reconstruct": ("DATA", "D-NeRF scene folder (transforms_train.json, transforms_test.json, images)"),
@@ -265,25 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PROGRESS_ENV = "GEN4D_PROGRESS_FILE"
-
-
-def _progress_to_file(path: Path):
-    """A progress listener appending each event as one JSON line, at most about 4 a second (and every stage's start
-    and end)."""
-    last = [0.0, ""]
-
-    def listener(event: dict) -> None:
-        now = time.monotonic()
-        if event["stage"] == last[1] and not event["complete"] and event["step"] and now - last[0] < 0.25:
-            return
-        last[0], last[1] = now, event["stage"]
-        with open(path, "a") as f:
-            f.write(json.dumps(event) + "\n")
-
-    return listener
-
-
 def main(argv: list[str] | None = None) -> int:
     capture_library_output()
     parser = build_parser()
@@ -296,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
     args.overrides = extra
     if os.environ.get(PROGRESS_ENV):  # the web app follows its jobs' stages through this file
-        add_progress_listener(_progress_to_file(Path(os.environ[PROGRESS_ENV])))
+        add_progress_listener(progress_to_file(Path(os.environ[PROGRESS_ENV])))
     try:
         if getattr(args, "models", None):
             set_model_set(args.models)

@@ -28,10 +28,10 @@ from pathlib import Path
 from PIL import Image
 
 from .. import Gen4DError
-from ..cli import PROGRESS_ENV  # when set, the command line appends each stage progress event to this file
 from ..files import write_json
 from ..models.preflight import check_requirements
 from ..recipes import RECIPES
+from ..training.loop import PROGRESS_ENV
 
 CLI_WITH_CTRL_C = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "

@@ -19,6 +19,7 @@ one that was never interrupted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,26 @@ def add_progress_listener(listener: ProgressListener) -> None:
 def remove_progress_listener(listener: ProgressListener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
+
+
+PROGRESS_ENV = "GEN4D_PROGRESS_FILE"
+"""When set, the command line appends the progress events to this file, one JSON line each (the web app reads it)."""
+
+
+def progress_to_file(path: Path) -> ProgressListener:
+    """A listener appending each event to ``path`` as one JSON line: at most about 4 a second within a stage, and
+    every stage's start and end."""
+    last = [0.0, ""]
+
+    def listener(event: dict) -> None:
+        now = time.monotonic()
+        if event["stage"] == last[1] and not event["complete"] and event["step"] and now - last[0] < 0.25:
+            return
+        last[0], last[1] = now, event["stage"]
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    return listener
 
 
 def _notify(stage: str, step: int, iterations: int, rate: float = 0.0, complete: bool = False) -> None:
