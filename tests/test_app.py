@@ -214,3 +214,18 @@ def test_a_zipped_dnerf_scene_becomes_the_reconstruct_input(tmp_path):
     data = Path(job.argv[1])
     assert data.is_relative_to(job.folder / "input") and (data / "transforms_train.json").is_file()
     assert sorted(p.name for p in (data / "train").glob("*.png")) == sorted(p.name for p in (scene / "train").glob("*.png"))
+
+
+def test_app_on_a_taken_port_says_so_in_one_line(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    from gen4d.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["app", "--port", str(port), "--runs", str(tmp_path / "runs"), "--models", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}: the port is taken") and "\n" not in err

@@ -174,17 +174,34 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_view(args) -> int:
-    from .viewer import serve  # viser: the "app" extra
+def _need(module: str, command: str) -> None:
+    import importlib.util
 
-    serve(args.dir, host=args.host, port=args.port, frames=args.frames, device=args.device)
+    if importlib.util.find_spec(module) is None:
+        raise Gen4DError(f"{command} needs {module}: pip install 'gen4d[app]' (from a checkout: pip install -e \".[app]\")")
+
+
+def cmd_view(args) -> int:
+    from .viewer import serve
+
+    _need("viser", "gen4d view")
+    try:
+        serve(args.dir, host=args.host, port=args.port, frames=args.frames, device=args.device)
+    except OSError:
+        raise Gen4DError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not this machine's; "
+                         "choose another --port or --host") from None
     return 0
 
 
 def cmd_app(args) -> int:
-    from .app import launch  # gradio: the "app" extra
+    from .app import launch
 
-    launch(args.runs, host=args.host, port=args.port, models=args.models or model_set())
+    _need("gradio", "gen4d app")
+    try:
+        launch(args.runs, host=args.host, port=args.port, models=args.models or model_set())
+    except OSError:
+        raise Gen4DError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not this machine's; "
+                         "choose another --port or --host") from None
     return 0
 
 
