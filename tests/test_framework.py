@@ -246,7 +246,7 @@ def test_imports_point_one_way():
         imported = _imports(path)
         if where not in top:
             assert not any(n == "gen4d.cli" or n.startswith("gen4d.cli.") for n in imported), path
-        if where not in top | {"recipes"}:
+        if where not in top | {"recipes", "app", "viewer"}:  # the web app and the viewer sit above the recipes (DESIGN.md)
             assert not any(n == "gen4d.recipes" or n.startswith("gen4d.recipes.") for n in imported), path
         if where not in top | {"testing"}:
             assert not any(n.startswith("gen4d.testing") for n in imported), path

@@ -10,7 +10,9 @@
     gen4d motion train VIDEO --out DIR   MotionDirector: learn a motion LoRA from reference video(s)
     gen4d motion sample "PROMPT" --out DIR [--motion DIR]   text -> video with a learned motion
     gen4d subject train IMAGES --token sks --class dog --out DIR   DreamBooth LoRA of a subject (dreamin4d --subject)
-    gen4d export DIR --format glb|obj|textured|ply|mp4   (re-)export a finished run
+    gen4d export DIR --format glb|obj|textured|ply|mp4|html   (re-)export a finished run
+    gen4d view DIR [--host H] [--port P]   viser viewer of a run's 4D Gaussians / meshes, finished or training
+    gen4d app [--runs DIR] [--models tiny]   gradio web app: every recipe from the browser
     gen4d eval DIR --data C4D [--object NAME]   render a run at the Consistent4D cameras and score it
     gen4d models [--recipe NAME]         the models each recipe needs, and which are in the local cache
     gen4d batch JOBS --out DIR [--address auto|ray://HOST:PORT]   many jobs on Ray, one run directory each
@@ -24,6 +26,7 @@ resumes it. Bad input prints one line starting with ``error:`` and exits with st
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +43,7 @@ from .models.registry import model_set, set_model_set
 from .recipes import RECIPES, recipes_for
 from .recipes.evaluate import build_eval_config, run_eval, score_renders
 from .runs import export_run
+from .training.loop import PROGRESS_ENV, add_progress_listener, progress_to_file
 
 INPUTS = {
     "reconstruct": ("DATA", "D-NeRF scene folder (transforms_train.json, transforms_test.json, images)"),
@@ -186,15 +190,46 @@ def cmd_batch(args) -> int:
 
 
 def cmd_export(args) -> int:
-    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "textured": "textured", "ply": "ply", "mp4": "mp4"}
+    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "textured": "textured", "ply": "ply", "mp4": "mp4", "html": "html"}
     chosen = []
     for f in args.format:
         if f not in formats:
-            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, textured, ply, mp4")
+            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, textured, ply, mp4, html")
         chosen.append(formats[f])
     written = export_run(args.dir, chosen, quiet=args.quiet)
     for fmt, paths in written.items():
         print(f"{fmt}: {paths[0] if len(paths) == 1 else f'{len(paths)} files in {Path(paths[0]).parent}'}")
+    return 0
+
+
+def _need(module: str, command: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise Gen4DError(f"{command} needs {module}: pip install 'gen4d[app]' (from a checkout: pip install -e \".[app]\")")
+
+
+def cmd_view(args) -> int:
+    from .viewer import serve
+
+    _need("viser", "gen4d view")
+    try:
+        serve(args.dir, host=args.host, port=args.port, frames=args.frames, device=args.device)
+    except OSError:
+        raise Gen4DError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not this machine's; "
+                         "choose another --port or --host") from None
+    return 0
+
+
+def cmd_app(args) -> int:
+    from .app import launch
+
+    _need("gradio", "gen4d app")
+    try:
+        launch(args.runs, host=args.host, port=args.port, models=args.models or model_set())
+    except OSError:
+        raise Gen4DError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not this machine's; "
+                         "choose another --port or --host") from None
     return 0
 
 
@@ -266,9 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
-    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | textured (UV-textured mesh sequence + animated GLB) | ply | mp4")
+    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | textured (UV-textured mesh sequence + animated GLB) | ply | mp4 | html (one self-contained page playing the animated mesh)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("view", help="interactive viewer (viser) of a run's 4D Gaussians or meshes; follows a run still training")
+    p.add_argument("dir", help="run directory (finished or still training)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--frames", type=int, default=None, help="frames of the time slider (default: the run's export frame count)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("app", help="web app (gradio): every recipe from the browser, progress, results, downloads")
+    p.add_argument("--runs", default="runs", help="folder for the app's jobs (default: ./runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--models", default=None, help="real | tiny: pretrained models or tiny random ones (try the app without weights)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("models", help="the models each recipe needs and whether they are in the local cache")
     p.add_argument("--recipe", default=None, help=f"one recipe: {' | '.join(RECIPES)}")
@@ -288,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not hasattr(args, "overrides_allowed"):
         parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
     args.overrides = extra
+    if os.environ.get(PROGRESS_ENV):  # the web app follows its jobs' stages through this file
+        add_progress_listener(progress_to_file(Path(os.environ[PROGRESS_ENV])))
     try:
         if getattr(args, "models", None):
             set_model_set(args.models)

@@ -19,7 +19,8 @@ import diffusers
 import huggingface_hub
 import transformers
 
-LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "peft", "accelerate", "numba", "PIL", "py.warnings", "urllib3", "httpx")
+LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "peft", "accelerate", "numba", "PIL", "py.warnings", "urllib3", "httpx",
+                  "gradio", "uvicorn", "uvicorn.error", "uvicorn.access", "viser", "websockets", "asyncio", "httpcore")
 
 
 class _RunLog(logging.Handler):

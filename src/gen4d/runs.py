@@ -215,11 +215,39 @@ class FinishedRun:
     asset: AssetInfo
     scene: Scene4D
     device: torch.device
+    stage: str = ""
+    """The stage whose checkpoint the scene comes from."""
+    state: dict = field(default_factory=dict)
+    """That checkpoint's state (``step``, ``iterations``, ``complete``, ...)."""
 
 
 def load_finished_run(out: str | os.PathLike, device: str | torch.device | None = None) -> FinishedRun:
     """Load the final 4D asset of a finished run (``gen4d export``, ``gen4d eval``): the checkpoint of the run's final
     stage, which must be complete (a run stopped in the middle is not finished: rerun its command first)."""
+    return load_run_scene(out, device)
+
+
+def _scene_checkpoint(run: RunDir, asset: AssetInfo, latest: bool) -> tuple[str, dict[str, Tensor], dict[str, Any]] | None:
+    """(stage, tensors, state) of the final stage's checkpoint; with ``latest``, when the final stage has not written
+    one yet, of the most recently written checkpoint holding Gaussians (a run still training)."""
+    ckpt = run.load_checkpoint(asset.final_stage)
+    if ckpt is not None or not latest:
+        return None if ckpt is None else (asset.final_stage, *ckpt)
+    candidates = []
+    for path in (run.root / "stages").glob("*/checkpoint.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            if "model.gaussians.means" in f.keys():
+                candidates.append((path.stat().st_mtime_ns, path.parent.name))
+    if not candidates:
+        return None
+    stage = max(candidates)[1]
+    return (stage, *run.load_checkpoint(stage))
+
+
+def load_run_scene(out: str | os.PathLike, device: str | torch.device | None = None, latest: bool = False) -> FinishedRun:
+    """Load a run's 4D asset: the final stage's complete checkpoint, or with ``latest`` the newest checkpoint holding
+    Gaussians, finished or not (``gen4d view`` of a run still training). ``FinishedRun.stage`` / ``.state`` say
+    which checkpoint it is."""
     run = RunDir(out)
     if not run.config_path.exists():
         raise Gen4DError(f"{out} is not a gen4d run directory (no config.yaml)")
@@ -227,16 +255,18 @@ def load_finished_run(out: str | os.PathLike, device: str | torch.device | None 
     if not isinstance(config, dict):
         raise Gen4DError(f"{run.config_path} does not hold a gen4d configuration")
     asset = read_asset_info(run)
-    ckpt = run.load_checkpoint(asset.final_stage)
-    if ckpt is None or not ckpt[1].get("complete"):
-        raise Gen4DError(f"{out} has not finished its {asset.final_stage} stage yet; rerun its command to finish it first")
-    tensors = {k[len("model."):]: v for k, v in ckpt[0].items() if k.startswith("model.")}
+    found = _scene_checkpoint(run, asset, latest)
+    if found is None or not (latest or found[2].get("complete")):
+        waiting = "has no checkpoint with Gaussians yet; wait for its first one" if latest else f"has not finished its {asset.final_stage} stage yet; rerun its command to finish it first"
+        raise Gen4DError(f"{out} {waiting}")
+    stage, ckpt_tensors, state = found
+    tensors = {k[len("model."):]: v for k, v in ckpt_tensors.items() if k.startswith("model.")}
     deformation = load_section(DeformationConfig, asset.deformation)
     degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
     dev = torch.device(device) if device is not None else resolve_device(asset.device)
     scene = Scene4D.from_tensors(tensors, degree, deformation, asset.antialiased).to(dev)
     scene.eval()
-    return FinishedRun(run, config, asset, scene, dev)
+    return FinishedRun(run, config, asset, scene, dev, stage, state)
 
 
 def export_asset(scene: Scene4D, run: RunDir, asset: AssetInfo, formats: list[str] | None = None, quiet: bool = False) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +15,17 @@ from ..cameras import frame_times, orbit_cameras
 from ..render.mesh import TexturedMesh
 from ..scene import Scene4D
 from .animated_glb import write_animated_glb
+from .html import write_player_html
 from .images import to_uint8
-from .mesh import extract_mesh, save_glb, save_obj, skin_to_gaussians
+from .mesh import Mesh, extract_mesh, save_glb, save_obj, skin_to_gaussians
 from .ply import save_inria_ply
 from .texture import save_textured_sequence, textured_mesh
 from .video import write_video
 
 FORMATS = ("ply", "mesh", "glb", "textured", "mp4")
+"""The formats a run exports by default."""
+ON_REQUEST = ("html",)
+"""Formats written only when asked for (``gen4d export --format html``): a self-contained page playing the animated GLB."""
 
 
 @dataclass
@@ -66,9 +71,9 @@ def export_scene(
 ) -> dict[str, list[str]]:
     """Write the requested exports under ``out_dir``; returns {format: [paths]}."""
     formats = list(formats if formats is not None else config.formats)
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - set(FORMATS) - set(ON_REQUEST))
     if unknown:
-        raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + ON_REQUEST)}")
     n_frames = config.frames or default_frames
     times = frame_times(n_frames)
     frames = [scene.frame_at(float(t)).detach() for t in times]
@@ -96,14 +101,19 @@ def export_scene(
                 save(p, mesh)
                 paths.append(str(p))
         written["mesh"] = paths
-    if "glb" in formats:
-        # One fixed-topology mesh (the first frame's), carried along by its nearest Gaussians.
-        base = first_mesh()
-        means = torch.stack([f.means for f in frames])
-        verts = skin_to_gaussians(torch.as_tensor(base.vertices), frames[0].means, means)
+    if "glb" in formats or "html" in formats:
+        base, verts = animated_mesh(frames, first_mesh())
         p = out_dir / "animated.glb"
-        write_animated_glb(p, np.asarray(verts), base.faces, base.colors, fps=config.fps)
-        written["glb"] = [str(p)]
+        if "glb" in formats:
+            write_animated_glb(p, verts, base.faces, base.colors, fps=config.fps)
+            written["glb"] = [str(p)]
+        if "html" in formats:
+            with tempfile.TemporaryDirectory() as tmp:
+                glb = Path(tmp) / "animated.glb"
+                write_animated_glb(glb, verts, base.faces, base.colors, fps=config.fps)
+                page = out_dir / "player.html"
+                write_player_html(page, glb.read_bytes(), title=out_dir.parent.name, fps=config.fps, background=background)
+            written["html"] = [str(page)]
     if "textured" in formats:
         # The asset's own textured mesh (trained by DreamGaussian4D's stage III) or one baked from the Gaussians now;
         # one topology, carried along by its nearest Gaussians as the animated GLB's mesh
@@ -124,6 +134,13 @@ def export_scene(
         write_video(p, render_orbit_video(scene, config, background, default_radius, quiet), fps=config.fps)
         written["mp4"] = [str(p)]
     return written
+
+
+def animated_mesh(frames: list, base: Mesh) -> tuple[Mesh, np.ndarray]:
+    """One fixed-topology mesh (``base``, the first frame's surface) carried along by its nearest Gaussians:
+    ``(base, vertices [T, V, 3])`` for the frames' Gaussians (the animated GLB, ``gen4d view``'s mesh)."""
+    means = torch.stack([f.means for f in frames])
+    return base, np.asarray(skin_to_gaussians(torch.as_tensor(base.vertices), frames[0].means, means))
 
 
 @torch.no_grad()

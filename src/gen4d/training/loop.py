@@ -19,6 +19,7 @@ one that was never interrupted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,46 @@ class ArtifactStage:
     make: Callable[[Path], dict]
 
 
+ProgressListener = Callable[[dict], None]
+_listeners: list[ProgressListener] = []
+
+
+def add_progress_listener(listener: ProgressListener) -> None:
+    """Call ``listener(event)`` as stages progress (the web app's progress display). ``event``: ``stage``, ``step``,
+    ``iterations`` (0 for an artifact stage), ``rate`` (steps per second, 0 before the first step), ``complete``."""
+    _listeners.append(listener)
+
+
+def remove_progress_listener(listener: ProgressListener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+PROGRESS_ENV = "GEN4D_PROGRESS_FILE"
+"""When set, the command line appends the progress events to this file, one JSON line each (the web app reads it)."""
+
+
+def progress_to_file(path: Path) -> ProgressListener:
+    """A listener appending each event to ``path`` as one JSON line: at most about 4 a second within a stage, and
+    every stage's start and end."""
+    last = [0.0, ""]
+
+    def listener(event: dict) -> None:
+        now = time.monotonic()
+        if event["stage"] == last[1] and not event["complete"] and event["step"] and now - last[0] < 0.25:
+            return
+        last[0], last[1] = now, event["stage"]
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    return listener
+
+
+def _notify(stage: str, step: int, iterations: int, rate: float = 0.0, complete: bool = False) -> None:
+    for listener in list(_listeners):
+        listener({"stage": stage, "step": step, "iterations": iterations, "rate": rate, "complete": complete})
+
+
 def run_artifact(run: RunDir, stage: ArtifactStage) -> dict:
     """The artifact's result: read back when the stage is complete, else made now (and recorded)."""
     state = run.stage_state(stage.name)
@@ -121,6 +162,7 @@ def run_artifact(run: RunDir, stage: ArtifactStage) -> dict:
         run.log(f"stage {stage.name}: complete, reusing it")
         return state.get("result", {})
     run.log(f"stage {stage.name}: making it")
+    _notify(stage.name, 0, 0)
     t0 = time.perf_counter()
     result = stage.make(run.stage_dir(stage.name))
     run.write_stage_state(stage.name, {"stage": stage.name, "complete": True, "seconds": time.perf_counter() - t0, "result": result})
@@ -312,6 +354,7 @@ def _loop(run, stage, model, optimizers, generator, start, elapsed, history, pre
     shown: dict[str, float] = {}
     with Progress(*columns, disable=quiet, transient=False) as progress:
         task = progress.add_task(stage.name, total=stage.iterations, completed=start, info="")
+        _notify(stage.name, start, stage.iterations)
         for step in range(start, stage.iterations):
             _apply_learning_rates(stage, optimizers, step)
             if stage.update is not None:
@@ -327,6 +370,7 @@ def _loop(run, stage, model, optimizers, generator, start, elapsed, history, pre
             rate = (done - start) / max(now - t_start, 1e-9)
             info = "  ".join([f"{k} {v:.4f}" for k, v in list(shown.items())[:3]] + [_describe(model), f"{rate:.2f} it/s"])
             progress.update(task, completed=done, info=info)
+            _notify(stage.name, done, stage.iterations, rate)
             if stage.preview is not None and stage.preview_every > 0 and done % stage.preview_every == 0 and done < stage.iterations:
                 stage.preview(model, done, preview_dir)
             stopping = stop_after_step is not None and done >= stop_after_step
@@ -340,6 +384,7 @@ def _loop(run, stage, model, optimizers, generator, start, elapsed, history, pre
     if stage.preview is not None:
         stage.preview(model, stage.iterations, preview_dir)
     _checkpoint(run, stage, model, optimizers, generator, stage.iterations, stage.stats["seconds"], True, history)
+    _notify(stage.name, stage.iterations, stage.iterations, complete=True)
     described = _describe(model)
     run.log(f"stage {stage.name}: complete in {stage.stats['seconds']:.1f} s{', ' + described if described else ''}")
     return True
