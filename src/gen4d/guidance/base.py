@@ -271,7 +271,7 @@ class DiffusionGuidance(nn.Module):
             with torch.no_grad():
                 target = self.hifa_target(x_t, t, eps_hat, cond, generator)
             self.last_info["target"] = target
-            loss = stopgrad_target_loss(x, x - target)
+            loss = stopgrad_target_loss(x, torch.nan_to_num(x.detach() - target))  # as Dream-in-4D: nan_to_num(grad)
         else:
             loss = self.distillation_loss(x, x_t, baseline, eps_hat, t, eps_cond=eps_cond, group=group)
         # Every variant is 1/2 ||x - stopgrad(target)||^2, so the gradient's norm is sqrt(2 loss).
