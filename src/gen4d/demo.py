@@ -193,10 +193,12 @@ def fourdfy_demo(args: Namespace) -> tuple[dict, str, bool]:
 
 # ------------------------------------------------------------------------------------------------ Dream-in-4D
 DREAMIN4D_SETTINGS = [
-    # Dream-in-4D's two stages with their schedules shortened for two CPU cores; every render at 64 px
-    "static.iterations=1200", "static.resolutions=[64,64]", "static.resolution_milestones=[600]",
-    "multi_view.timesteps.anneal_end=960", "dynamic.iterations=1200", "dynamic.timesteps.anneal_end=1200",
+    # Dream-in-4D's two stages with their schedules shortened for two CPU cores; every render at 64 px, 8-frame clips
+    "static.iterations=500", "static.resolutions=[64,64]", "static.resolution_milestones=[250]",
+    "multi_view.timesteps.anneal_end=400", "dynamic.iterations=800", "dynamic.timesteps.anneal_end=800",
     "dynamic.width=64", "dynamic.height=48", "dynamic.frames=8", "init_points=2000", "densify.max_gaussians=5000",
+    # the K-planes field's rates and the smoothness weight for this oracle's pixel-space loss (bench/RESULTS.md)
+    "lr.grid=0.015", "lr.grid_final=0.015", "lr.mlp=0.0015", "lr.mlp_final=0.0015", "dynamic.smoothness_weight=10",
     "checkpoint_every=200", "preview_every=0", "export.mesh_resolution=48", "export.video_size=96", "export.video_frames=24",
 ]
 """Dream-in-4D's stages scaled down to a 2-core machine (the rest: the recipe's defaults)."""
