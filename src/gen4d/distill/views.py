@@ -9,7 +9,7 @@ clips' camera drift (only when ``frame_motion_deg`` is set), then times (only wh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -112,11 +112,12 @@ class ViewBatch:
         i = index.cpu()
         cams = Cameras(c.viewmats[index.to(c.viewmats.device)], c.Ks[index.to(c.Ks.device)], c.width, c.height,
                        c.times[index.to(c.times.device)])
-        return ViewBatch(cams, self.elevation_deg[i], self.azimuth_deg[i], self.radius[i], self.fov_deg[i], cams.times, self.frames)
+        return replace(self, cameras=cams, elevation_deg=self.elevation_deg[i], azimuth_deg=self.azimuth_deg[i],
+                       radius=self.radius[i], fov_deg=self.fov_deg[i], times=cams.times)
 
     def to(self, device) -> "ViewBatch":
         cams = self.cameras.to(device)
-        return ViewBatch(cams, self.elevation_deg, self.azimuth_deg, self.radius, self.fov_deg, cams.times, self.frames)
+        return replace(self, cameras=cams, times=cams.times)
 
     def conditioning(self, **fields) -> Conditioning:
         """The cameras and times as a :class:`~gen4d.guidance.base.Conditioning` (plus ``fields``)."""
