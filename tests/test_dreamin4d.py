@@ -346,6 +346,10 @@ def test_dynamic_stage_cannot_change_the_static_model():
             o.step()
     assert all(torch.equal(before[k], v) for k, v in scene.gaussians.params.items())
     assert any(not torch.equal(a, b) for a, b in zip(field_before, scene.deformation.parameters()))
+    with torch.no_grad():  # a displacement field: the Gaussians move, their shapes stay
+        frame = scene.frame_at(0.6)
+    assert torch.equal(frame.scales, scene.gaussians.params["log_scales"].exp())
+    assert torch.equal(frame.quats, scene.gaussians.params["quats"])
 
 
 def test_video_clips_follow_the_published_cameras_and_time_spans():

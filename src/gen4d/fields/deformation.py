@@ -32,6 +32,10 @@ class DeformationConfig:
     deform_opacity: bool = False
     """Also predict an opacity-logit offset (otherwise ``Deformation.d_opacity_logits`` is ``None``)."""
 
+    deform_shape: bool = True
+    """Predict rotation and scale offsets; False: a displacement field only (``d_quats`` and ``d_log_scales`` are
+    zero; Dream-in-4D's deformation moves points and nothing else)."""
+
     bounds: float = 0.0
     """Half-size of a fixed normalisation cube ``[-bounds, bounds]^3`` (DreamGaussian4D's ``bounds: 1.6``);
     0: the canonical Gaussians' bounding box, padded (see :meth:`gen4d.scene.Scene4D.attach_deformation`)."""
@@ -86,8 +90,8 @@ class DeformationField(nn.Module):
             in_dim = config.hidden_dim
         self.trunk = nn.Sequential(*layers)
         self.means_head = _head(in_dim, config.hidden_dim, 3)
-        self.quats_head = _head(in_dim, config.hidden_dim, 4)
-        self.scales_head = _head(in_dim, config.hidden_dim, 3)
+        self.quats_head = _head(in_dim, config.hidden_dim, 4) if config.deform_shape else None
+        self.scales_head = _head(in_dim, config.hidden_dim, 3) if config.deform_shape else None
         self.opacity_head = _head(in_dim, config.hidden_dim, 1) if config.deform_opacity else None
         self.register_buffer("aabb_min", -torch.ones(3))
         self.register_buffer("aabb_max", torch.ones(3))
@@ -131,7 +135,7 @@ class DeformationField(nn.Module):
         h = self.trunk(self.hexplane(xyzt))
         return Deformation(
             d_means=self.means_head(h),
-            d_quats=self.quats_head(h),
-            d_log_scales=self.scales_head(h),
+            d_quats=self.quats_head(h) if self.quats_head is not None else h.new_zeros(n, 4),
+            d_log_scales=self.scales_head(h) if self.scales_head is not None else h.new_zeros(n, 3),
             d_opacity_logits=self.opacity_head(h).squeeze(-1) if self.opacity_head is not None else None,
         )

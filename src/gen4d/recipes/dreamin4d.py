@@ -208,7 +208,8 @@ class DreamIn4DConfig:
     """Gaussians: the text-to-3D Gaussian rates (as 4D-fy's); field: ``geometry.deformation_*: lr 0.001``."""
     densify: DensifyConfig = field(default_factory=distilled_densify)
     densify_until: float = 0.5
-    deformation: DeformationConfig = field(default_factory=distilled_deformation)
+    deformation: DeformationConfig = field(default_factory=lambda: dataclasses.replace(distilled_deformation(), deform_shape=False))
+    """A displacement field, as Dream-in-4D's (``warping`` moves points only); the Gaussians keep their shapes."""
     export: ExportConfig = field(default_factory=lambda: ExportConfig(frames=24, video_size=256, video_radius=3.0))
     checkpoint_every: int = 200
     preview_every: int = 500
