@@ -239,7 +239,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_imports_point_one_way():
-    top = {"cli", "demo"}
+    top = {"cli", "demo", "batch"}  # gen4d batch runs command lines: it sits beside the CLI
     for path in SRC.rglob("*.py"):
         rel = path.relative_to(SRC).parts
         where = rel[0] if len(rel) > 1 else Path(rel[0]).stem
