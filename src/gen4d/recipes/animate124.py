@@ -50,8 +50,6 @@ from ..distill.views import ViewSampling
 from ..export.images import save_png
 from ..export.scene import ExportConfig
 from ..fields.deformation import DeformationConfig
-from ..fields.hexplane import HexPlaneConfig
-from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..guidance.base import Conditioning
 from ..guidance.controlnet_tile import ControlNetTileConfig
@@ -64,9 +62,9 @@ from ..guidance.zero123 import Zero123Config
 from ..models.preflight import ModelRequirement, Requirement
 from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..scene import Scene4D
-from ..sh import sh_degree_from_bases
 from ..training.loop import Stage, StepLosses, run_stages
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
+from .distilled import DistilledRun, distilled_deformation, distilled_densify
 from .invert import InvertConfig, learn_token
 from .recipe import Option, Recipe
 
@@ -217,13 +215,10 @@ class Animate124Config:
     lr: LearningRates = field(default_factory=lambda: LearningRates(
         means=1e-2, means_final=2e-4, sh0=0.01, opacity=0.05, scales=0.005, quats=0.005,
         grid=0.01, grid_final=0.01, mlp=1e-3, mlp_final=1e-3))
-    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(
-        refine_start=100, refine_every=100, grow_grad2d=0.002, grow_scale3d=0.05, prune_opacity=0.01, prune_scale3d=0.05,
-        prune_large_always=True, reset_opacity_every=0, max_gaussians=50_000))
+    densify: DensifyConfig = field(default_factory=distilled_densify)
     densify_until: float = 0.5
     """Densify during this fraction of the static stage."""
-    deformation: DeformationConfig = field(default_factory=lambda: DeformationConfig(
-        hexplane=HexPlaneConfig(feature_dim=32, resolution=(32, 32, 32, 16), multires=(1,)), bounds=1.6))
+    deformation: DeformationConfig = field(default_factory=distilled_deformation)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(frames=16, video_size=256, video_radius=2.5))
     checkpoint_every: int = 200
     preview_every: int = 500
@@ -386,14 +381,14 @@ class LazyLosses:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-class Animate124Run:
+class Animate124Run(DistilledRun):
     """What the stages of one run share: the input view, the priors (built per stage), the stages."""
 
     def __init__(self, cfg: Animate124Config, device: torch.device, priors: PriorFactory, rgba: Tensor,
                  depth: Tensor | None = None, embeds: str | Path | None = None):
-        self.cfg, self.device, self.factory = cfg, device, priors
+        super().__init__(cfg, device)
+        self.factory = priors
         self.precision = resolve_precision(cfg.precision, device)
-        self.white = torch.ones(3, device=device)
         self.rgba = rgba
         self.depth = depth
         self.embeds = embeds
@@ -451,14 +446,6 @@ class Animate124Run:
                             timesteps=v.timesteps, densify=False)
 
     # -------------------------------------------------------------------------------- stages
-    def init_scene(self) -> Scene4D:
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        return Scene4D(GaussianModel.random_in_sphere(self.cfg.init_points, self.cfg.init_radius, 0, g)).to(self.device)
-
-    def load_scene(self, tensors) -> Scene4D:
-        degree = sh_degree_from_bases(1 + tensors["gaussians.shN"].shape[1])
-        return Scene4D.from_tensors(tensors, degree, self.cfg.deformation).to(self.device)
-
     def preview(self, scene: Scene4D, step: int, folder: Path) -> None:
         S, c = self.cfg.preview_size, self.cfg.cameras
         with torch.no_grad():
