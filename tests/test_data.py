@@ -20,12 +20,14 @@ from gen4d.data.synthetic import (
     ELEVATION_RANGE_DEG,
     LIGHT_DIR,
     SCENES,
+    WINDMILL_TURNS,
     Box,
     Capsule,
     Sphere,
     SyntheticScene,
     bounding_radius,
     cast_rays,
+    plan_monocular_views,
     plan_views,
     render_scene,
     write_synthetic_scene,
@@ -497,3 +499,161 @@ def test_writer_is_deterministic(tiny_scene: Path, tmp_path: Path):
         assert (again / name).read_bytes() == (tiny_scene / name).read_bytes()
     other = write_synthetic_scene("jumping_jacks", tmp_path / "other", resolution=24, train_views=3, train_times=2, test_views=2, seed=4)
     assert (other / "transforms_train.json").read_text() != (tiny_scene / "transforms_train.json").read_text()
+
+
+# ----------------------------------------------------------------------------------- scenes with large motion
+NEW_SCENES = ("windmill", "walker", "chain")
+
+
+def _anchor(p) -> np.ndarray:
+    """A point that moves with the primitive: a sphere's or box's centre, a capsule's midpoint."""
+    if isinstance(p, Capsule):
+        return 0.5 * (np.asarray(p.start) + np.asarray(p.end))
+    return np.asarray(p.center)
+
+
+def _direction(c: Capsule) -> np.ndarray:
+    d = np.asarray(c.end) - np.asarray(c.start)
+    return d / np.linalg.norm(d)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return math.degrees(math.acos(float(np.clip(a @ b, -1.0, 1.0))))
+
+
+@pytest.mark.parametrize("name", NEW_SCENES)
+def test_new_scenes_are_smooth_deterministic_and_in_bounds(name: str):
+    scene = SCENES[name]
+    times = np.linspace(0.0, 1.0, 401)
+    assert max(bounding_radius(p) for t in times for p in scene.at(t)) < 1.0
+    assert scene.at(0.3) == scene.at(0.3)
+    dt = 1e-3
+    for t in times[:-1]:
+        now, later = scene.at(t), scene.at(t + dt)
+        assert len(now) == len(later)
+        step = max(float(np.linalg.norm(_anchor(a) - _anchor(b))) for a, b in zip(now, later))
+        assert step < 0.01  # no primitive jumps: under 10 units per clip at the fastest point
+    cams = orbit_cameras(torch.tensor([45.0]), 20.0, 4.0, FOV, 48, 48, times=torch.tensor([0.5]))
+    assert float(render_scene(name, cams, supersample=1)[1].mean()) > 0.02
+
+
+def test_windmill_repeats_after_a_full_turn_and_its_blades_differ_in_colour():
+    period = 1.0 / WINDMILL_TURNS  # one full turn of the rotor
+    assert period <= 1.0  # at least one full turn over the clip
+    t0 = 0.1
+    times = torch.tensor([t0, t0 + period, t0 + period / 4, t0 + period / 2, t0 + period / 8], dtype=torch.float64)
+    for az, el in ((30.0, 10.0), (200.0, 35.0)):
+        cams = orbit_cameras(torch.full((5,), az), torch.full((5,), el), 4.0, FOV, 40, 40, times=times)
+        rgb, alpha = render_scene("windmill", cams, supersample=2)
+        torch.testing.assert_close(rgb[1], rgb[0], atol=1e-5, rtol=0)  # a full turn later: the same image
+        torch.testing.assert_close(alpha[1], alpha[0], atol=0, rtol=0)
+        for i in (2, 3):  # a quarter and a half turn: the same silhouette (four equal blades), other colours
+            torch.testing.assert_close(alpha[i], alpha[0], atol=0, rtol=0)
+            assert float((rgb[i] - rgb[0]).abs().max()) > 0.2
+        assert float((alpha[4] - alpha[0]).abs().mean()) > 0.005  # an eighth of a turn: the blades are elsewhere
+
+
+def test_walker_travels_its_own_height_while_its_legs_bend():
+    scene = SCENES["walker"]
+
+    def centroid(t: float) -> np.ndarray:
+        return np.mean([_anchor(p) for p in scene.at(t)], axis=0)
+
+    def height(t: float) -> float:
+        tops, bottoms = [], []
+        for p in scene.at(t):
+            zs = [p.start[2], p.end[2]] if isinstance(p, Capsule) else [p.center[2]]
+            tops.append(max(zs) + p.radius)
+            bottoms.append(min(zs) - p.radius)
+        return max(tops) - min(bottoms)
+
+    travel = centroid(1.0) - centroid(0.0)
+    assert np.linalg.norm(travel) >= 0.9 * height(0.0) > 0.8
+    xs = [centroid(t)[0] for t in np.linspace(0.0, 1.0, 21)]
+    assert np.all(np.diff(xs) > 0)  # always forwards
+    # the limbs: per side a thigh, a shin and an arm after torso, head and nose
+    knees, hips = [], []
+    for t in np.linspace(0.0, 1.0, 101):
+        prims = scene.at(t)
+        left_thigh, left_shin, right_thigh = prims[3], prims[4], prims[6]
+        assert np.allclose(left_thigh.end, left_shin.start)  # jointed at the knee
+        knees.append(_angle_deg(_direction(left_thigh), _direction(left_shin)))
+        down = np.array([0.0, 0.0, -1.0])
+        hips.append((_angle_deg(_direction(left_thigh), down), _angle_deg(_direction(right_thigh), down)))
+    assert max(knees) - min(knees) > 40.0
+    assert max(h for h, _ in hips) > 20.0 and max(h for _, h in hips) > 20.0
+
+
+def test_chain_joint_angles_are_a_travelling_wave():
+    scene = SCENES["chain"]
+
+    def joint_angles(t: float) -> np.ndarray:
+        segments = [p for p in scene.at(t) if isinstance(p, Capsule)]
+        for a, b in zip(segments, segments[1:]):
+            assert np.allclose(a.end, b.start)  # connected
+        return np.array([_angle_deg(_direction(a), _direction(b)) for a, b in zip(segments, segments[1:])])
+
+    segments = [p for p in scene.at(0.0) if isinstance(p, Capsule)]
+    assert 6 <= len(segments) <= 8 and len({p.albedo for p in segments}) == len(segments)  # colour-coded
+    angles = np.stack([joint_angles(t) for t in np.linspace(0.0, 1.0, 51)])
+    assert angles.max() > 30.0 and (angles.max(0) - angles.min(0)).min() > 15.0  # every joint bends, and unbends
+    # A wave travelling from head to tail: joint k + 1 at t + 0.1 bends as joint k at t.
+    for t in (0.0, 0.23, 0.61):
+        np.testing.assert_allclose(joint_angles(t + 0.1)[1:], joint_angles(t)[:-1], atol=1e-6)
+    assert np.abs(joint_angles(0.23)[1:] - joint_angles(0.23)[:-1]).max() > 5.0  # not the same bend everywhere
+
+
+# ---------------------------------------------------------------------------------------- monocular layout
+def test_monocular_plan_has_one_camera_per_time():
+    plans = plan_monocular_views(100, 20, 4, seed=0)
+    train = plans["train"]
+    assert len(train.times) == 100 and len(np.unique(train.times)) == 100
+    np.testing.assert_allclose(train.times, np.linspace(0.0, 1.0, 100))
+    assert len(np.unique(np.round(train.azimuths_deg, 6))) == 100  # a new camera every frame
+    assert train.azimuths_deg.min() >= 0.0 and train.azimuths_deg.max() < 360.0
+    assert np.ptp(train.azimuths_deg) > 300.0 and np.ptp(train.elevations_deg) > 35.0  # spread over the band
+    assert ELEVATION_RANGE_DEG[0] <= train.elevations_deg.min() and train.elevations_deg.max() <= ELEVATION_RANGE_DEG[1]
+    for split, count in (("test", 20), ("val", 4)):
+        plan = plans[split]
+        assert len(plan.times) == count and np.all(np.diff(plan.times) > 0)  # distinct, in time order
+        gaps = np.abs(plan.times[:, None] - train.times[None, :]).min(axis=1)
+        np.testing.assert_allclose(gaps, 0.5 / 99, atol=1e-12)  # half-way between training times
+    assert not np.allclose(plans["test"].azimuths_deg[:4], plans["val"].azimuths_deg)
+    again = plan_monocular_views(100, 20, 4, seed=0)
+    assert all(np.array_equal(getattr(again[s], f), getattr(plans[s], f)) for s in plans for f in ("azimuths_deg", "elevations_deg", "times"))
+    other = plan_monocular_views(100, 20, 4, seed=1)
+    assert not np.allclose(other["train"].azimuths_deg, train.azimuths_deg)
+    # more test views than gaps between training times: every gap is used before any repeats
+    many = plan_monocular_views(4, 7, 4, seed=2)["test"].times
+    assert set(np.round(many * 3 - 0.5).astype(int)) == {0, 1, 2} and len(many) == 7
+    assert plan_monocular_views(1, 3, 3)["test"].times.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_written_monocular_scene(tmp_path: Path):
+    out = write_synthetic_scene("windmill", tmp_path / "mono", resolution=16, train_times=8, test_views=3, supersample=1, layout="monocular")
+    info = json.loads((out / "synthetic.json").read_text())
+    assert info["layout"] == "monocular" and info["train_views"] == 1 and info["train_times"] == 8
+    scene = read_dnerf_scene(out)
+    train, test, val = scene["train"], scene["test"], scene["val"]
+    assert (len(train), len(test), len(val)) == (8, 3, 3)
+    assert train.times.tolist() == pytest.approx(np.linspace(0.0, 1.0, 8).tolist())  # exactly one frame per time
+    assert len(torch.unique(train.times)) == 8
+    centres = train.cameras.centers.double()
+    assert torch.cdist(centres, centres).add(torch.eye(8) * 10).min() > 0.05  # every frame from its own camera
+    for split in (test, val):
+        for cam, t in zip(split.cameras.centers.double(), split.times.tolist()):
+            same_time = torch.isclose(train.times.double(), torch.tensor(t, dtype=torch.float64), atol=1e-6)
+            assert not same_time.any()  # never a training time, so never a training (camera, time)
+            same_camera = (centres - cam).norm(dim=-1) < 1e-4
+            assert not (same_time & same_camera).any()
+    rgb, alpha = render_scene("windmill", test.cameras, supersample=1)
+    torch.testing.assert_close(test.images, rgb + (1 - alpha), atol=1.0 / 255 + 1e-6, rtol=0)
+
+
+def test_default_layout_is_multiview(tiny_scene: Path, tmp_path: Path):
+    assert json.loads((tiny_scene / "synthetic.json").read_text())["layout"] == "multiview"
+    again = write_synthetic_scene("jumping_jacks", tmp_path / "mv", resolution=24, train_views=3, train_times=2, test_views=2, seed=3, layout="multiview")
+    for name in ("transforms_train.json", "transforms_test.json", "transforms_val.json", "train/r_005.png", "test/r_001.png"):
+        assert (again / name).read_bytes() == (tiny_scene / name).read_bytes()
+    with pytest.raises(Gen4DError, match="layout must be one of multiview, monocular"):
+        write_synthetic_scene("jumping_jacks", tmp_path / "bad", layout="stereo")

@@ -307,24 +307,30 @@ def test_displacement_render_is_alpha_weighted_displacement():
 
     cams = orbit_cameras([0.0, 90.0], [10.0, 10.0], 2.5, math.radians(45), 24, 20, times=[0.2, 0.7])
     assert scene.render_displacement(cams).abs().max() == 0  # a fresh field is the identity
-    shift = torch.tensor([0.05, -0.02, 0.03])
+    param = torch.nn.Parameter(torch.tensor([0.05, -0.02, 0.03]))
 
     class Translate(torch.nn.Module):
-        def forward(self, means, t):
+        def forward(self, means, t, quats=None):
             n = len(means)
-            return Deformation(shift.expand(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), None)
+            return Deformation(param.expand(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), None)
 
     scene.deformation = Translate()
     d = scene.render_displacement(cams)
     alpha = scene.render(cams).alpha
+    shift = param.detach()
     torch.testing.assert_close(d, alpha * shift, rtol=1e-4, atol=1e-5)
     loss = dreamin4d.displacement_smoothness(1.0)
     views = sample_views(ViewSampling(views=1, times="clip", frames=3), g, 16, 16)
     x = scene.render_displacement(views.cameras).reshape(1, 3, 16, 16, 3)
     expected = sum((a - b).square().mean(0).sum() for a, b in (
         (x[:, 1:], x[:, :-1]), (x[:, :, 1:], x[:, :, :-1]), (x[:, :, :, 1:], x[:, :, :, :-1])))
-    assert float(expected) > 0  # the displacement is constant, but alpha is not
-    torch.testing.assert_close(loss(scene, views)["smoothness"], expected)
+    assert float(expected.detach()) > 0  # the displacement is constant, but alpha is not
+    value = loss(scene, views)["smoothness"]
+    torch.testing.assert_close(value, expected.detach())
+    # the gradient reaches the displacement values only: with the coverage alpha held fixed the loss is
+    # |shift|^2 sum (alpha differences)^2, so its gradient is 2 loss shift / |shift|^2
+    (grad,) = torch.autograd.grad(value, param)
+    torch.testing.assert_close(grad, 2 * value.detach() * shift / shift.square().sum(), rtol=1e-4, atol=1e-7)
 
 
 def test_dynamic_stage_cannot_change_the_static_model():

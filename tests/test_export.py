@@ -309,6 +309,11 @@ def test_animated_glb_round_trip_and_validator(tmp_path):
     assert np.array_equal(_pygltf_accessor(gltf, blob, sampler.output).reshape(5, 4), expected_w)
     assert all(v.byteOffset % 4 == 0 for v in gltf.bufferViews)
 
+    # glTF is y-up: a reader that applies the node's transform (trimesh) sees gen4d's +z as +y and its +y as -z.
+    placed = trimesh.load(path, force="scene").to_geometry().vertices  # (x, y, z) -> (x, z, -y)
+    assert np.allclose(placed, verts[0][:, [0, 2, 1]] * [1, 1, -1], atol=1e-6)
+    assert np.allclose(anim.rotation, [-np.sqrt(0.5), 0, 0, np.sqrt(0.5)])
+
     require_validator()
     report = validate_gltf(path)
     assert report is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gen4d import Gen4DError
 from gen4d.cameras import orbit_c2w, orbit_cameras
 from gen4d.data.synthetic import render_scene
 from gen4d.distill.stage import GuidanceTerm, ScoreDistillation
@@ -271,3 +272,23 @@ def test_rendering_cameras_that_share_a_time_has_a_deterministic_gradient():
         (out.rgb * torch.linspace(0, 1, out.rgb.numel()).reshape(out.rgb.shape)).sum().backward()
         grads.append([p.grad.clone() for p in scene.parameter_groups()["dynamic"] if p.grad is not None])
     assert grads[0] and all(all(torch.equal(a, b) for a, b in zip(grads[0], g)) for g in grads[1:])
+
+
+def test_a_diverging_stage_stops_with_one_line_and_keeps_its_last_checkpoint(tmp_path):
+    scene = _scene()
+
+    def optimizers(model):
+        return {"all": torch.optim.Adam([p for ps in model.parameter_groups().values() for p in ps], lr=1e-2)}
+
+    def losses(model, step, generator):  # finite for 4 steps, then NaN
+        value = sum(p.square().sum() for ps in model.parameter_groups().values() for p in ps)
+        return {"fit": value * (float("nan") if step >= 4 else 1.0)}, None
+
+    run = RunDir(tmp_path)
+    stage = Stage("distil", 8, optimizers, losses=losses, checkpoint_every=2, seed=5)
+    with pytest.raises(Gen4DError, match=r"'distil' diverged at step 5: loss fit is not finite") as err:
+        run_stages(run, [stage], lambda: scene, None, quiet=True)
+    assert "\n" not in str(err.value)
+    tensors, state = run.load_checkpoint("distil")
+    assert state["step"] == 4 and not state.get("complete")
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())

@@ -37,6 +37,7 @@ import gen4d.testing  # noqa: F401  (registers the tiny model set behind --model
 
 from . import Gen4DError, __version__
 from .console import capture_library_output
+from .data.synthetic import SCENES
 from .demo import DEMOS, run_demo
 from .models.preflight import check_requirements, requirement_status
 from .models.registry import model_set, set_model_set
@@ -190,11 +191,11 @@ def cmd_batch(args) -> int:
 
 
 def cmd_export(args) -> int:
-    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "textured": "textured", "ply": "ply", "mp4": "mp4", "html": "html"}
+    formats = {"obj": "mesh", "mesh": "mesh", "glb": "glb", "textured": "textured", "ply": "ply", "mp4": "mp4", "html": "html", "nodes": "nodes"}
     chosen = []
     for f in args.format:
         if f not in formats:
-            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, textured, ply, mp4, html")
+            raise Gen4DError(f"unknown export format {f!r}; choose from glb, obj, textured, ply, mp4, html, nodes")
         chosen.append(formats[f])
     written = export_run(args.dir, chosen, quiet=args.quiet)
     for fmt, paths in written.items():
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=f"demos (--recipe): {', '.join(DEMOS)}. Any other argument key=value overrides a configuration field.")
     _add_run_flags(p)
     p.add_argument("--recipe", default="reconstruct", help=f"what to demonstrate: {' | '.join(DEMOS)} (default: reconstruct)")
-    p.add_argument("--scene", default=None, help="synthetic scene: bouncing_balls | jumping_jacks | spinning_box")
+    p.add_argument("--scene", default=None, help=f"synthetic scene: {' | '.join(SCENES)}")
     p.set_defaults(func=cmd_demo, overrides_allowed=True)
 
     for command in ("reconstruct", "image", "video", "text", "invert"):
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a finished run again, in chosen formats")
     p.add_argument("dir", help="run directory")
-    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | textured (UV-textured mesh sequence + animated GLB) | ply | mp4 | html (one self-contained page playing the animated mesh)")
+    p.add_argument("--format", nargs="+", required=True, help="glb (animated) | obj (per-frame meshes) | textured (UV-textured mesh sequence + animated GLB) | ply | mp4 | html (one self-contained page playing the animated mesh) | nodes (a node deformation's control nodes per frame, JSON)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import Gen4DError
-from .config import load_section
+from .config import config_yaml, load_section
 from .console import attach_run_log
 from .devices import resolve_device
 from .export.scene import ExportConfig, export_scene
@@ -67,29 +68,38 @@ class RunDir:
         return self.stage_dir(stage) / "checkpoint.safetensors"
 
     # ------------------------------------------------------------------ config
-    def prepare(self, config_yaml: str, command: str, keep: tuple[str, ...] = ("data",)) -> bool:
+    def prepare(self, config, command: str, keep: tuple[str, ...] = ("data",)) -> bool:
         """Create the run, or check that an existing one was made by the same command and config.
 
-        Returns True when resuming. Raises Gen4DError (nothing written) when ``DIR`` holds another run or other
-        files (entries named in ``keep``, such as the demo's synthesised ``data`` folder, are allowed).
+        ``config``: the recipe's configuration (a dataclass) or its YAML. A run made before options were added to
+        the configuration (its ``config.yaml`` lacks them) resumes when each added option has its default value;
+        ``config.yaml`` is then brought up to date. Returns True when resuming. Raises Gen4DError (nothing written)
+        when ``DIR`` holds another run or other files (entries named in ``keep``, such as the demo's synthesised
+        ``data`` folder, are allowed).
         """
+        config_text = config if isinstance(config, str) else config_yaml(config)
+        defaults = None if isinstance(config, str) else config_yaml(type(config)())
         if self.root.exists() and not self.root.is_dir():
             raise Gen4DError(f"--out {self.root} exists and is not a directory")
         if self.config_path.exists():
             old = self.config_path.read_text()
-            if old != config_yaml:
-                changed = _changed_lines(old, config_yaml)
-                raise Gen4DError(
-                    f"{self.root} holds a run with a different configuration ({changed}); "
-                    "rerun with the same options to resume, or choose a new --out"
-                )
+            if old != config_text:
+                added = options_added_since(old, config_text, defaults)
+                if added is None:
+                    changed = _changed_lines(old, config_text)
+                    raise Gen4DError(
+                        f"{self.root} holds a run with a different configuration ({changed}); "
+                        "rerun with the same options to resume, or choose a new --out"
+                    )
+                write_text(self.config_path, config_text)
+                self.log(f"config.yaml: options added since the run was made, at their defaults: {', '.join(added)}")
             self.log(f"resuming: {command}")
             attach_run_log(self.root / "log.txt")
             return True
         if self.root.exists() and any(p.name not in keep for p in self.root.iterdir()):
             raise Gen4DError(f"--out {self.root} is not empty and holds no gen4d run; choose a new or empty folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text(self.config_path, config_yaml)
+        write_text(self.config_path, config_text)
         self.log(f"started: {command}")
         attach_run_log(self.root / "log.txt")
         return False
@@ -133,6 +143,31 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """A nested mapping as ``{"a.b.c": leaf}``."""
+    if isinstance(tree, dict) and tree:
+        out: dict = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def options_added_since(old: str, new: str, defaults: str | None) -> list[str] | None:
+    """The options (dotted keys) ``new`` has and ``old`` lacks, when that is the only difference and each has
+    its value in ``defaults``; None otherwise (a changed or removed value, an added option set to another value,
+    or no defaults to check against)."""
+    if defaults is None:
+        return None
+    a, b, d = (_flat(yaml.safe_load(text) or {}) for text in (old, new, defaults))
+    if any(k not in b or b[k] != v for k, v in a.items()):
+        return None
+    added = sorted(set(b) - set(a))
+    if any(k not in d or d[k] != b[k] for k in added):
+        return None
+    return added
 
 
 def _changed_lines(old: str, new: str) -> str:

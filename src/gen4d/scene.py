@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .cameras import Cameras
-from .fields.deformation import DeformationConfig, DeformationField
+from .fields.deformation import DeformationConfig, DeformationField, make_deformation_field
+from .fields.nodes import NodeDeformationField
 from .gaussians.frame import GaussianFrame
 from .gaussians.model import GaussianModel
 from .render import RenderOutput, rasterize
@@ -50,7 +51,9 @@ class Scene4D(nn.Module):
         deformation = None
         field_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("deformation.")}
         if field_state:
-            deformation = DeformationField(deformation_config or DeformationConfig())
+            config = deformation_config or DeformationConfig()
+            num_nodes = field_state["positions"].shape[0] if config.type == "nodes" and "positions" in field_state else None
+            deformation = make_deformation_field(config, num_nodes)
             deformation.load_state_dict(field_state)
         mesh_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("mesh.")}
         return cls(gaussians, deformation, antialiased, TexturedMesh.from_tensors(mesh_state) if mesh_state else None)
@@ -59,18 +62,23 @@ class Scene4D(nn.Module):
         """Add a zero-initialised deformation field (the scene still renders exactly as before) whose normalisation
         box is the cube ``config.bounds`` or, when that is 0, the Gaussians' bounding box padded by ``padding`` of its
         size. Its random feature-plane init is seeded here, independent of the global RNG's history, so reruns and
-        resumed runs agree."""
+        resumed runs agree. A nodes field (``config.type``) also places its nodes on the canonical Gaussians here
+        (``min(nodes.count, N)`` of them, seeded)."""
+        means = self.gaussians.params["means"].detach()
+        num_nodes = min(config.nodes.count, means.shape[0]) if config.type == "nodes" else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            field = DeformationField(config)
-        means = self.gaussians.params["means"].detach()
+            field = make_deformation_field(config, num_nodes)
         if config.bounds > 0:
             field.set_bounds([-config.bounds] * 3, [config.bounds] * 3)
         else:
             lo, hi = means.min(0).values, means.max(0).values
             pad = padding * (hi - lo).clamp_min(1e-3)
             field.set_bounds(lo - pad, hi + pad)
-        self.deformation = field.to(means.device)
+        field = field.to(means.device)
+        if isinstance(field, NodeDeformationField):
+            field.init_nodes(means, seed)
+        self.deformation = field
         return self
 
     def summary(self) -> dict:
@@ -89,7 +97,7 @@ class Scene4D(nn.Module):
         p = self.gaussians.params
         if t is None or self.deformation is None:
             return self.gaussians.frame()
-        d = self.deformation(p["means"], torch.as_tensor(t, dtype=p["means"].dtype, device=p["means"].device))
+        d = self.deformation(p["means"], torch.as_tensor(t, dtype=p["means"].dtype, device=p["means"].device), quats=p["quats"])
         opacity_logits = p["opacity_logits"] if d.d_opacity_logits is None else p["opacity_logits"] + d.d_opacity_logits
         return GaussianFrame(
             p["means"] + d.d_means,
@@ -134,11 +142,12 @@ class Scene4D(nn.Module):
         return frames, [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
 
     def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto",
-                            per_camera: tuple[Tensor, ...] | None = None) -> Tensor:
+                            per_camera: tuple[Tensor, ...] | None = None, geometry_grad: bool = True) -> Tensor:
         """``[C, H, W, 3]``: the deformation's displacement of the means at each camera's time, composited like
         colours (alpha-weighted, 0 where nothing is): Dream-in-4D's rendered ``comp_displacement``. ``per_camera``:
         the moved Gaussians of a render of the same cameras (its ``meta["per_camera"]``), so the field is not
-        evaluated twice."""
+        evaluated twice. ``geometry_grad=False``: gradients reach the displacement values only, not where the moved
+        Gaussians are drawn (a loss on the image then cannot shrink by moving or hiding what moves)."""
         if self.deformation is None:
             raise ValueError("a scene without a deformation field has no displacement to render")
         antialiased = self.antialiased if antialiased is None else antialiased
@@ -146,5 +155,7 @@ class Scene4D(nn.Module):
             _, per_camera = self._frames_per_camera(cameras)
         means, quats, scales, opacities = per_camera
         displacement = means - self.gaussians.params["means"][None]
+        if not geometry_grad:
+            means, quats, scales, opacities = (x.detach() for x in (means, quats, scales, opacities))
         return rasterize(means, quats, scales, opacities, displacement, cameras.viewmats, cameras.Ks, cameras.width,
                          cameras.height, antialiased=antialiased, backend=backend).rgb

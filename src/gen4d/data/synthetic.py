@@ -12,7 +12,8 @@ rays with the primitives in closed form (nearest hit wins), shades them with a v
 (a fixed world light, so a surface point has the same colour from every viewpoint), and antialiases by
 supersampling each pixel on an ``s x s`` grid: ``alpha`` is the fraction of sub-rays that hit something.
 
-:func:`write_synthetic_scene` writes a multi-view video in the D-NeRF layout read by :func:`gen4d.data.dnerf.load_dnerf`.
+:func:`write_synthetic_scene` writes a multi-view video (or, with ``layout="monocular"``, a one-camera-per-time video as
+in D-NeRF's synthetic scenes) in the D-NeRF layout read by :func:`gen4d.data.dnerf.load_dnerf`.
 """
 
 from __future__ import annotations
@@ -192,12 +193,126 @@ def spinning_box(t: float) -> list[Primitive]:
     return [Box((0.0, 0.0, 0.05 * math.sin(2.0 * math.pi * t)), (0.60, 0.42, half_z), _BOX_FACES, _mat(rotation))]
 
 
+def _rot_y(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+_POST, _NACELLE, _HUB = (0.62, 0.62, 0.66), (0.88, 0.86, 0.80), (0.30, 0.30, 0.34)
+_BLADES = ((0.88, 0.25, 0.22), (0.95, 0.80, 0.20), (0.22, 0.40, 0.88), (0.25, 0.72, 0.35))  # one colour per blade
+_ROTOR_CENTER = (0.14, 0.0, 0.20)  # the hub; the rotor turns about the world x axis through it
+# Frame of a blade pointing up (columns: local x along the rotor axis = world x, local y radial = world z,
+# local z tangential = world -y); the blade is a box that is thin along local x, long along local y.
+_BLADE_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+WINDMILL_TURNS = 1.5
+"""Full turns of the windmill's rotor over the clip (constant speed: the scene repeats every ``1 / WINDMILL_TURNS``)."""
+
+
+def windmill(t: float) -> list[Primitive]:
+    """A windmill whose four blades, each a different colour, turn 1.5 times about a horizontal axis.
+
+    A grey post carries a nacelle along world x; the rotor (a hub sphere and four checkered, slightly pitched box
+    blades) turns at constant speed about the x axis through the hub, 540 degrees over the clip. The blades have the
+    same shape, so a quarter turn maps the silhouette onto itself, but only a full turn repeats the colours.
+    """
+    spin = 2.0 * math.pi * WINDMILL_TURNS * t
+    hub = np.asarray(_ROTOR_CENTER)
+    prims: list[Primitive] = [
+        Capsule((-0.02, 0.0, -0.82), (-0.02, 0.0, 0.14), 0.055, _POST),
+        Capsule((-0.16, 0.0, 0.20), (0.06, 0.0, 0.20), 0.075, _NACELLE),
+        Sphere(_vec(hub + np.array([0.03, 0.0, 0.0])), 0.075, _HUB),
+    ]
+    root, length, half_width, half_thickness, pitch = 0.10, 0.56, 0.10, 0.022, math.radians(20.0)
+    for k, albedo in enumerate(_BLADES):
+        # Blade frame before the spin: local x along the rotor axis (world x), local y radial (world z),
+        # local z tangential; the blade is pitched about its radial axis.
+        blade = _rot_x(spin + 0.5 * math.pi * k) @ _BLADE_UP @ _rot_y(pitch)
+        center = hub + blade[:, 1] * (root + 0.5 * length)
+        prims.append(Box(_vec(center), (half_thickness, 0.5 * length, half_width), (albedo,) * 6, _mat(blade), checker=4, checker_contrast=0.35))
+    return prims
+
+
+_LEFT_LEG, _RIGHT_LEG, _LEFT_ARM, _RIGHT_ARM = (0.25, 0.58, 0.30), (0.16, 0.50, 0.62), (0.95, 0.55, 0.15), (0.88, 0.30, 0.45)
+WALKER_TRAVEL = 1.0
+"""Distance the walker covers along world x over the clip (about its height, 1.085 from soles to crown)."""
+WALKER_STRIDES = 2.0
+"""Gait cycles (two steps each) over the clip."""
+
+
+def walker(t: float) -> list[Primitive]:
+    """A capsule figure walking across the scene: two strides while travelling its own height along +x.
+
+    Each leg is a thigh and a shin; the hips swing 28 degrees either side of vertical in opposite phase, each knee
+    bends (up to 60 degrees) while its leg swings forward, the arms swing against the legs, and the pelvis bobs
+    twice per stride. Left and right limbs have different colours; a nose marks the facing direction (+x).
+    """
+    phase = 2.0 * math.pi * WALKER_STRIDES * t
+    x = WALKER_TRAVEL * (t - 0.5)
+    pelvis = np.array([x, 0.0, -0.02 + 0.02 * math.cos(2.0 * phase)])
+
+    def down(angle: float) -> np.ndarray:  # unit vector at `angle` from straight down, positive towards +x
+        return np.array([math.sin(angle), 0.0, -math.cos(angle)])
+
+    prims: list[Primitive] = [
+        Capsule(_vec(pelvis + (0.0, 0.0, 0.04)), _vec(pelvis + (0.0, 0.0, 0.24)), 0.12, _SHIRT),  # torso
+        Sphere(_vec(pelvis + (0.0, 0.0, 0.45)), 0.10, _SKIN),  # head
+        Sphere(_vec(pelvis + (0.095, 0.0, 0.46)), 0.028, _NOSE),
+    ]
+    for side, leg_colour, arm_colour, offset in ((1.0, _LEFT_LEG, _LEFT_ARM, 0.0), (-1.0, _RIGHT_LEG, _RIGHT_ARM, math.pi)):
+        leg_phase = phase + offset
+        hip_angle = math.radians(28.0) * math.sin(leg_phase)
+        knee_bend = math.radians(60.0) * (0.5 + 0.5 * math.cos(leg_phase)) ** 2  # most bent mid-swing
+        hip = pelvis + (0.0, side * 0.07, -0.02)
+        knee = hip + 0.24 * down(hip_angle)
+        ankle = knee + 0.23 * down(hip_angle - knee_bend)
+        prims.append(Capsule(_vec(hip), _vec(knee), 0.06, leg_colour))
+        prims.append(Capsule(_vec(knee), _vec(ankle), 0.052, leg_colour))
+        shoulder = pelvis + (0.0, side * 0.17, 0.25)
+        hand = shoulder + 0.34 * down(-math.radians(32.0) * math.sin(leg_phase))
+        prims.append(Capsule(_vec(shoulder), _vec(hand), 0.048, arm_colour))
+    return prims
+
+
+_CHAIN_SEGMENTS = 7
+_CHAIN_LENGTH = 0.24  # of each segment
+_CHAIN_COLOURS = tuple(
+    tuple(float(c) for c in 0.2 + 0.7 * (0.5 + 0.5 * np.cos(2.0 * math.pi * (k / _CHAIN_SEGMENTS - np.array([0.0, 1.0, 2.0]) / 3.0))))
+    for k in range(_CHAIN_SEGMENTS)
+)  # a hue wheel: every segment a different colour
+
+
+def chain(t: float) -> list[Primitive]:
+    """A snake of seven capsules, one colour each, with a sphere head, slithering by a travelling wave.
+
+    Segment k points along heading ``yaw(t) + 0.75 sin(2 pi (2 t - k / 5))`` and pitch
+    ``0.3 cos(2 pi (2 t - k / 5))``: a wave of bends (joint angles up to ~50 degrees) runs from head to tail
+    twice over the clip while the whole body turns 120 degrees about z. The joints are centred on the origin.
+    """
+    yaw = math.radians(120.0) * t
+    joints = [np.zeros(3)]
+    for k in range(_CHAIN_SEGMENTS):
+        wave = 2.0 * math.pi * (2.0 * t - k / 5.0)
+        heading, pitch = yaw + 0.75 * math.sin(wave), 0.3 * math.cos(wave)
+        direction = np.array([math.cos(pitch) * math.cos(heading), math.cos(pitch) * math.sin(heading), math.sin(pitch)])
+        joints.append(joints[-1] - _CHAIN_LENGTH * direction)  # the head leads along +direction; the tail trails
+    centre = np.mean(joints, axis=0)
+    joints = [j - centre for j in joints]
+    prims: list[Primitive] = [Sphere(_vec(joints[0]), 0.14, (0.92, 0.92, 0.88))]
+    for k in range(_CHAIN_SEGMENTS):
+        radius = 0.12 - 0.007 * k  # tapering towards the tail
+        prims.append(Capsule(_vec(joints[k]), _vec(joints[k + 1]), radius, _CHAIN_COLOURS[k]))
+    return prims
+
+
 SCENES: dict[str, SyntheticScene] = {
     s.name: s
     for s in (
         SyntheticScene("bouncing_balls", "four coloured spheres bouncing at different rates while drifting about z", bouncing_balls),
         SyntheticScene("jumping_jacks", "a capsule figure with a sphere head doing jumping jacks", jumping_jacks),
         SyntheticScene("spinning_box", "a box with checkered coloured faces spinning about z, rocking and breathing", spinning_box),
+        SyntheticScene("windmill", "a windmill whose four differently coloured blades turn 1.5 times about a horizontal axis", windmill),
+        SyntheticScene("walker", "a capsule figure walking its own height across the scene, legs and arms swinging", walker),
+        SyntheticScene("chain", "a seven-segment colour-coded snake bending in a travelling wave while turning about z", chain),
     )
 }
 
@@ -529,6 +644,45 @@ def plan_views(train_views: int, train_times: int, test_views: int, val_views: i
     return plans
 
 
+LAYOUTS = ("multiview", "monocular")
+"""Camera layouts of :func:`write_synthetic_scene`: every training camera at every training time (:func:`plan_views`),
+or one camera per time as in D-NeRF's synthetic scenes (:func:`plan_monocular_views`)."""
+
+
+def _random_directions(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuths uniform in [0, 360) and elevations uniform in area over the band :data:`ELEVATION_RANGE_DEG`."""
+    az = rng.uniform(0.0, 360.0, size=count)
+    lo, hi = (math.sin(math.radians(e)) for e in ELEVATION_RANGE_DEG)
+    el = np.degrees(np.arcsin(rng.uniform(lo, hi, size=count)))
+    return az, el
+
+
+def plan_monocular_views(train_times: int, test_views: int, val_views: int, seed: int = 0) -> dict[str, ViewPlan]:
+    """Camera placement of a monocular video in the D-NeRF synthetic layout (see :func:`write_synthetic_scene`).
+
+    train: ``train_times`` frames at evenly spaced times in time order, ONE camera per time, its azimuth and
+    elevation drawn at random (seeded) over the whole band: azimuth uniform in [0, 360), elevation uniform in area
+    between the bounds of :data:`ELEVATION_RANGE_DEG`.
+    test / val: cameras drawn the same way (from their own seeded streams) at times half-way between neighbouring
+    training times (distinct gaps while there are enough, in time order; ``0.5`` if there is a single training
+    time), so no frame of these splits shares a time, let alone a (camera, time), with a training frame.
+    """
+    times = frame_times(train_times).numpy()
+    az, el = _random_directions(np.random.default_rng([seed, 10]), train_times)
+    plans = {"train": ViewPlan(az, el, times)}
+    for split, count, sub_seed in (("test", test_views, 11), ("val", val_views, 12)):
+        sub = np.random.default_rng([seed, sub_seed])
+        if train_times > 1:
+            gaps = train_times - 1
+            mids = np.sort(np.resize(sub.permutation(gaps), count))  # distinct gaps, cycling once all are used
+            t = (mids + 0.5) / gaps
+        else:
+            t = np.full(count, 0.5)
+        az, el = _random_directions(sub, count)
+        plans[split] = ViewPlan(az, el, t)
+    return plans
+
+
 def _positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise Gen4DError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -556,21 +710,31 @@ def write_synthetic_scene(
     radius: float = 4.0,
     seed: int = 0,
     supersample: int = 3,
+    layout: str = "multiview",
 ) -> Path:
-    """Render a multi-view video of ``scene`` into ``out_dir`` in the D-NeRF layout and return ``out_dir``.
+    """Render a video of ``scene`` into ``out_dir`` in the D-NeRF layout and return ``out_dir``.
 
     Writes ``transforms_{train,val,test}.json`` (OpenGL camera-to-world ``transform_matrix``, ``time``,
     ``camera_angle_x`` = ``fov_deg`` in radians) and square RGBA PNGs ``{split}/r_000.png``... of
-    ``resolution`` pixels. train has ``train_views * train_times`` frames (every camera at every time), test
-    ``test_views`` frames and val ``min(4, test_views)`` frames at viewpoints and times not in train (see
-    :func:`plan_views`). Cameras orbit at distance ``radius`` looking at the origin. Deterministic for a seed.
-    Also writes ``synthetic.json`` recording the arguments.
+    ``resolution`` pixels. ``layout`` (one of :data:`LAYOUTS`) places the cameras:
+
+    * ``multiview`` (default): train has ``train_views * train_times`` frames (every camera at every time), test
+      ``test_views`` frames and val ``min(4, test_views)`` frames at viewpoints and times not in train (see
+      :func:`plan_views`);
+    * ``monocular``: D-NeRF's synthetic layout, train has ``train_times`` frames, one random camera per time
+      (``train_views`` is not used), test ``test_views`` and val ``min(4, test_views)`` frames at random cameras
+      and at times between training times (see :func:`plan_monocular_views`).
+
+    Cameras orbit at distance ``radius`` looking at the origin. Deterministic for a seed. Also writes
+    ``synthetic.json`` recording the arguments and the layout.
     """
     spec = get_scene(scene)
     resolution = _positive_int("resolution", resolution)
     train_views = _positive_int("train_views", train_views)
     train_times = _positive_int("train_times", train_times)
     test_views = _positive_int("test_views", test_views)
+    if layout not in LAYOUTS:
+        raise Gen4DError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not 0.0 < fov_deg < 180.0:
         raise Gen4DError(f"fov_deg must be in (0, 180), got {fov_deg!r}")
     if not radius > 1.2:
@@ -579,7 +743,11 @@ def write_synthetic_scene(
     out.mkdir(parents=True, exist_ok=True)
     fov = math.radians(fov_deg)
     K = intrinsics_from_fov(fov, resolution, resolution)
-    plans = plan_views(train_views, train_times, test_views, min(4, test_views), seed)
+    if layout == "monocular":
+        plans = plan_monocular_views(train_times, test_views, min(4, test_views), seed)
+        train_views = 1
+    else:
+        plans = plan_views(train_views, train_times, test_views, min(4, test_views), seed)
     for split, plan in plans.items():
         c2w = orbit_c2w(torch.from_numpy(plan.azimuths_deg), torch.from_numpy(plan.elevations_deg), radius)  # [M,4,4] f64
         cameras = Cameras(viewmat_from_c2w(c2w), K.expand(len(c2w), 3, 3), resolution, resolution, torch.from_numpy(plan.times))
@@ -605,6 +773,7 @@ def write_synthetic_scene(
         "supersample": supersample,
         "light_dir": list(LIGHT_DIR),
         "ambient": AMBIENT,
+        "layout": layout,
     }
     (out / "synthetic.json").write_text(json.dumps(info, indent=2))
     return out

@@ -7,6 +7,10 @@ k = 0); LINEAR interpolation blends consecutive frames, which is exactly linear 
 NORMAL holds each frame's unit area-weighted vertex normals (:func:`vertex_normals`), the base frame's as the
 attribute and the others as displacements, so shading follows the motion.
 
+Axes: gen4d's world is z-up, glTF's is y-up (+y up, +z front). Positions are stored in gen4d's frame and the mesh
+node carries the rotation between the two (-90 degrees about x: gen4d's +z becomes glTF's +y, +y becomes -z), as
+Blender's own exporter does, so glTF viewers show the asset upright and Blender's importer brings it back z-up.
+
 The glTF JSON and binary chunk are written directly (no glTF library at run time). Every bufferView holds one
 accessor, starts on a 4-byte boundary and declares its target; every accessor carries exact min/max.
 """
@@ -28,6 +32,8 @@ from ..files import atomic_path
 __all__ = ["AnimatedGLB", "write_animated_glb", "read_animated_glb", "vertex_normals"]
 
 _GLB_MAGIC = 0x46546C67  # "glTF"
+Z_UP_TO_Y_UP = (-float(np.sqrt(0.5)), 0.0, 0.0, float(np.sqrt(0.5)))
+"""The mesh node's rotation, a unit quaternion (x, y, z, w): -90 degrees about x."""
 _CHUNK_JSON = 0x4E4F534A  # "JSON"
 _CHUNK_BIN = 0x004E4942  # "BIN\0"
 _ARRAY_BUFFER = 34962
@@ -45,13 +51,14 @@ class AnimatedGLB(NamedTuple):
 
     base: ``[V, 3]`` base (frame 0) positions. targets: ``[T, V, 3]`` POSITION displacements (T = frames - 1;
     ``base + targets[k - 1]`` is frame k). times: ``[K]`` keyframe times in seconds. weights: ``[K, T]`` morph
-    weights per keyframe. All float32.
+    weights per keyframe. All float32. rotation: the mesh node's rotation quaternion (x, y, z, w).
     """
 
     base: np.ndarray
     targets: np.ndarray
     times: np.ndarray
     weights: np.ndarray
+    rotation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
 
 
 class _Builder:
@@ -215,7 +222,7 @@ def write_animated_glb(
         **extra,
         "scene": 0,
         "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0, "name": name}],
+        "nodes": [{"mesh": 0, "name": name, "rotation": list(Z_UP_TO_Y_UP)}],
         "meshes": [mesh],
     }
     if targets:
@@ -308,4 +315,5 @@ def read_animated_glb(path: str | os.PathLike) -> AnimatedGLB:
                 break
         if len(times):
             break
-    return AnimatedGLB(base, targets_arr, times, weights)
+    node = next((n for n in gltf.get("nodes", []) if n.get("mesh") == 0), {})
+    return AnimatedGLB(base, targets_arr, times, weights, tuple(float(v) for v in node.get("rotation", (0.0, 0.0, 0.0, 1.0))))

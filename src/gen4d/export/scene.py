@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,10 @@ from .video import write_video
 
 FORMATS = ("ply", "mesh", "glb", "textured", "mp4")
 """The formats a run exports by default."""
-ON_REQUEST = ("html",)
-"""Formats written only when asked for (``gen4d export --format html``): a self-contained page playing the animated GLB."""
+ON_REQUEST = ("html", "nodes")
+"""Formats written only when asked for (``gen4d export --format html``): a self-contained page playing the animated GLB;
+nodes (``nodes.json``, the control nodes' positions per frame), which a run with a node deformation field also
+writes with its default exports."""
 
 
 @dataclass
@@ -70,10 +73,15 @@ def export_scene(
     quiet: bool = False,
 ) -> dict[str, list[str]]:
     """Write the requested exports under ``out_dir``; returns {format: [paths]}."""
+    full = formats is None  # the run's own exports (its export settings), not a re-export of chosen formats
     formats = list(formats if formats is not None else config.formats)
     unknown = sorted(set(formats) - set(FORMATS) - set(ON_REQUEST))
     if unknown:
         raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + ON_REQUEST)}")
+    node_field = hasattr(scene.deformation, "node_trajectories")
+    if "nodes" in formats and not node_field:
+        raise Gen4DError("the nodes export needs a scene with a node deformation field (deformation.type=nodes)")
+    want_nodes = node_field and ("nodes" in formats or full)
     n_frames = config.frames or default_frames
     times = frame_times(n_frames)
     frames = [scene.frame_at(float(t)).detach() for t in times]
@@ -129,11 +137,28 @@ def export_scene(
         p = folder / "animated.glb"
         write_animated_glb(p, verts, tm.faces.numpy(), None, fps=config.fps, uvs=tm.uvs.numpy(), texture_png=Path(png).read_bytes())
         written["textured"] = [*paths, str(p)]
+    if want_nodes:
+        p = out_dir / "nodes.json"
+        write_node_trajectories(p, scene.deformation, times)
+        written["nodes"] = [str(p)]
     if "mp4" in formats:
         p = out_dir / "orbit.mp4"
         write_video(p, render_orbit_video(scene, config, background, default_radius, quiet), fps=config.fps)
         written["mp4"] = [str(p)]
     return written
+
+
+def write_node_trajectories(path: Path, field, times: torch.Tensor) -> None:
+    """``nodes.json``: ``times [T]``, ``radii [K]`` and ``positions [T][K][3]`` of a node deformation field's control
+    nodes (world units, rounded to 1e-5)."""
+    positions = field.node_trajectories(times.to(field.positions.device)).double().cpu()
+    doc = {
+        "times": [round(float(t), 6) for t in times],
+        "radii": np.round(field.log_radii.detach().double().exp().cpu().numpy(), 5).tolist(),
+        "positions": np.round(positions.numpy(), 5).tolist(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, separators=(",", ":")))
 
 
 def animated_mesh(frames: list, base: Mesh) -> tuple[Mesh, np.ndarray]:

@@ -1,5 +1,9 @@
 """Deformation field: HexPlane features -> MLP -> per-Gaussian deltas at time t.
 
+``DeformationConfig.type`` chooses the field: ``hexplane`` (:class:`DeformationField`, this module) or ``nodes``
+(:class:`gen4d.fields.nodes.NodeDeformationField`, sparse control points blended onto the Gaussians); both share
+the interface described here and are built by :func:`make_deformation_field`.
+
 The field maps a canonical Gaussian centre and a time to additive offsets of the Gaussian's stored
 parameters (position, wxyz quaternion, log-scale and optionally opacity logit). Applying the offsets is the
 caller's job. The last layer of every head starts at zero, so a freshly built field is exactly the identity:
@@ -15,10 +19,59 @@ from torch import Tensor, nn
 
 from .hexplane import HexPlane, HexPlaneConfig
 
+DEFORMATION_TYPES = ("hexplane", "nodes")
+"""The values of ``DeformationConfig.type``."""
+
+
+@dataclass
+class NodeConfig:
+    """A sparse control-point ("nodes") deformation (``DeformationConfig.type=nodes``): K nodes with learned
+    canonical positions and radii, each moved rigidly over time by a small MLP; every Gaussian follows its
+    ``neighbours`` nearest nodes by linear blend skinning (see :mod:`gen4d.fields.nodes`)."""
+
+    count: int = 512
+    """Number of nodes K (fewer when the canonical scene has fewer Gaussians when the field is attached)."""
+
+    neighbours: int = 4
+    """Nearest nodes blended per Gaussian, and nearest nodes per node in the as-rigid-as-possible term."""
+
+    init: str = "fps"
+    """Where the nodes start: fps (farthest-point sampling of the canonical Gaussian centres, seeded start) or
+    random (a seeded random subset of them)."""
+
+    init_radius: float = 0.0
+    """Initial RBF radius of every node (world units); 0: per node, the mean distance to its ``neighbours``
+    nearest nodes (the node spacing, so each Gaussian sees a smooth blend of its nearest nodes)."""
+
+    hidden_dim: int = 128
+    """Width of the node-motion MLP."""
+
+    layers: int = 4
+    """Hidden Linear+ReLU layers of the node-motion MLP (its last, zero-initialised layer comes on top)."""
+
+    position_frequencies: int = 6
+    """Sinusoidal frequencies (``2^k pi``, k < this) encoding a node's normalised canonical position."""
+
+    time_frequencies: int = 6
+    """Sinusoidal frequencies (``2^k pi``, k < this) encoding the time in [0, 1]."""
+
+    arap_weight: float = 1e-2
+    """Weight of the as-rigid-as-possible term of the node graph (:meth:`NodeDeformationField.arap_loss`), a
+    relative strain (squared residual over the squared mean edge length), so the weight does not depend on the
+    scene's scale; 0 turns it off."""
+
 
 @dataclass
 class DeformationConfig:
-    """Architecture of a :class:`DeformationField`."""
+    """Architecture of a deformation field (:func:`make_deformation_field`)."""
+
+    type: str = "hexplane"
+    """hexplane (HexPlane features + MLP heads per Gaussian) or nodes (sparse control points + blend skinning;
+    the settings under ``nodes``). The HexPlane settings below are ignored by a nodes field, except ``bounds``
+    and ``deform_shape``."""
+
+    nodes: NodeConfig = field(default_factory=NodeConfig)
+    """The node field's settings (``type=nodes``)."""
 
     hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
     """The feature grid queried at (normalised position, time)."""
@@ -112,11 +165,24 @@ class DeformationField(nn.Module):
         hi = self.aabb_max.to(means)
         return ((means - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
 
-    def forward(self, means: Tensor, t: float | Tensor) -> Deformation:
+    def optimizer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """The parameters in the two optimiser roles, in order: ``grid`` (the feature planes) and ``mlp`` (the rest)."""
+        grid = list(self.hexplane.parameters())
+        grid_ids = {id(p) for p in grid}
+        return [("grid", grid), ("mlp", [p for p in self.parameters() if id(p) not in grid_ids])]
+
+    def regularisers(self, times: Tensor | None = None) -> dict[str, Tensor]:
+        """The field's own weighted regularisers at ``times``: none (the HexPlane terms are named regularisers of
+        :mod:`gen4d.training.losses`)."""
+        return {}
+
+    def forward(self, means: Tensor, t: float | Tensor, quats: Tensor | None = None) -> Deformation:
         """Offsets of Gaussians with canonical centres ``means [N, 3]`` at time ``t``.
 
         t: a float, a 0-d tensor (one time for all) or a tensor of N times (``[N]`` or ``[N, 1]``), in ``[0, 1]``
-        (frame i of T has t = i / (T - 1); values outside are clamped).
+        (frame i of T has t = i / (T - 1); values outside are clamped). quats: the Gaussians' canonical wxyz
+        quaternions ``[N, 4]``; unused here (the rotation offset is predicted directly), part of the interface
+        for fields that compose rotations.
         """
         if means.ndim != 2 or means.shape[-1] != 3:
             raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
@@ -139,3 +205,16 @@ class DeformationField(nn.Module):
             d_log_scales=self.scales_head(h) if self.scales_head is not None else h.new_zeros(n, 3),
             d_opacity_logits=self.opacity_head(h).squeeze(-1) if self.opacity_head is not None else None,
         )
+
+
+def make_deformation_field(config: DeformationConfig | None = None, num_nodes: int | None = None) -> nn.Module:
+    """A zero-initialised field of ``config.type``: a :class:`DeformationField` or a
+    :class:`~gen4d.fields.nodes.NodeDeformationField` of ``num_nodes`` nodes (default ``config.nodes.count``)."""
+    config = config if config is not None else DeformationConfig()
+    if config.type == "hexplane":
+        return DeformationField(config)
+    if config.type == "nodes":
+        from .nodes import NodeDeformationField
+
+        return NodeDeformationField(config, num_nodes)
+    raise ValueError(f"unknown deformation type {config.type!r}; choose from {', '.join(DEFORMATION_TYPES)}")

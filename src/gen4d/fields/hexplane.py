@@ -99,6 +99,8 @@ class HexPlane(nn.Module):
         coords = xyzt.to(device=ref.device, dtype=ref.dtype)
         # Time lives in [0, 1]; grid_sample wants [-1, 1] with align_corners=True putting the end nodes at +-1.
         coords = torch.cat([coords[:, :3], coords[:, 3:] * 2.0 - 1.0], dim=-1)
+        # grid_sample's CPU backward reads out of bounds at non-finite coordinates; finite ones pass unchanged
+        coords = torch.nan_to_num(coords, nan=0.0, posinf=1.0, neginf=-1.0)
         n = coords.shape[0]
         feats = []
         for planes in self.grids:

@@ -42,7 +42,6 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..cameras import orbit_cameras
-from ..config import config_yaml
 from ..data.preprocess import composite, load_image_rgba, read_image_file, save_rgba_png
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
@@ -218,7 +217,9 @@ class Animate124Config:
     densify: DensifyConfig = field(default_factory=distilled_densify)
     densify_until: float = 0.5
     """Densify during this fraction of the static stage."""
-    deformation: DeformationConfig = field(default_factory=distilled_deformation)
+    deformation: DeformationConfig = field(default_factory=lambda: dataclasses.replace(distilled_deformation(), deform_shape=False))
+    """A displacement field: with rotation and scale heads, 1,500 dynamic steps of the oracle demo grew Gaussians to
+    10^5 times their size at some times (bench/RESULTS.md)."""
     export: ExportConfig = field(default_factory=lambda: ExportConfig(frames=16, video_size=256, video_radius=2.5))
     checkpoint_every: int = 200
     preview_every: int = 500
@@ -511,7 +512,9 @@ class Animate124Run(DistilledRun):
             name=name, iterations=iterations, seed=seed,
             prepare=(lambda scene: scene.attach_deformation(cfg.deformation, cfg.seed)) if not semantic else None,
             make_optimizers=optimizers,
-            learning_rates=lambda step: {"means": static_lr["means"], "deformation": [lr.grid, lr.mlp]},
+            learning_rates=lambda step: {"means": static_lr["means"], "deformation": [
+                rate if rate == final else exp_decay(step, iterations, rate, final)
+                for rate, final in ((lr.grid, lr.grid_final), (lr.mlp, lr.mlp_final))]},
             losses=LazyLosses(lambda: self.clip_losses(semantic, counter)), preview=self.preview,
             checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
             extra_state=(lambda: dict(counter), lambda state: counter.update(anchored=int(state.get("anchored", 0)))),
@@ -542,7 +545,7 @@ def run_animate124(cfg: Animate124Config, out: str | Path, command: str = "gen4d
     depth = read_depth(r.depth, r.size) if r.depth else None
     device = resolve_device(cfg.device)
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     save_rgba_png(run.root / "input.png", rgba)
     embeds: Path | None = Path(cfg.textual_inversion.path) if cfg.textual_inversion.path else None
     ti_steps = 0

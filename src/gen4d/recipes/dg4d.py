@@ -59,7 +59,6 @@ from torch import Tensor
 
 from .. import Gen4DError
 from ..cameras import Cameras, frame_times, orbit_cameras
-from ..config import config_yaml
 from ..data.frames import read_image_file
 from ..data.preprocess import (
     REMBG_INSTALL,
@@ -708,7 +707,7 @@ def run_dg4d(
     device = resolve_device(cfg.device)
     if run is None:
         run = RunDir(out)
-        run.prepare(config_yaml(cfg), command)
+        run.prepare(cfg, command)
     save_rgba_png(run.root / "input.png", reference)
     def say(message: str) -> None:  # one line for the user (also with --quiet, which silences progress bars) and the log
         run.log(message)

@@ -40,7 +40,6 @@ import torch
 
 from .. import Gen4DError
 from ..cameras import orbit_cameras
-from ..config import config_yaml
 from ..data.preprocess import composite, load_image_rgba, read_image_file, save_rgba_png
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ReferenceViews, ScoreDistillation
@@ -297,10 +296,13 @@ def requirements(cfg: DreamIn4DConfig) -> list[Requirement]:
 def displacement_smoothness(weight: float):
     """Dream-in-4D's ``deformation_spatial_reg`` on a clip's displacement maps ``D [B, T, H, W, 3]`` rendered at its
     cameras: ``sum over t, y, x, channels of mean over clips of (D[t+1] - D[t])^2 + (D[y+1] - D[y])^2 +
-    (D[x+1] - D[x])^2``, times ``weight``."""
+    (D[x+1] - D[x])^2``, times ``weight``. Its gradient reaches the displacement values only, not where the moved
+    Gaussians are drawn: through their positions the term would shrink by carrying what moves out of sight, a
+    feedback that collapsed the motion (bench/RESULTS.md)."""
 
     def losses(scene: Scene4D, views: ViewBatch, render: RenderOutput | None = None) -> dict[str, torch.Tensor]:
-        d = scene.render_displacement(views.cameras, per_camera=None if render is None else render.meta.get("per_camera"))
+        d = scene.render_displacement(views.cameras, per_camera=None if render is None else render.meta.get("per_camera"),
+                                      geometry_grad=False)
         d = d.reshape(-1, views.frames, *d.shape[1:])
         value = sum((a - b).square().mean(0).sum() for a, b in (
             (d[:, 1:], d[:, :-1]), (d[:, :, 1:], d[:, :, :-1]), (d[:, :, :, 1:], d[:, :, :, :-1])))
@@ -427,7 +429,7 @@ def run_dreamin4d(cfg: DreamIn4DConfig, out: str | Path, command: str = "gen4d t
     if cfg.mode == "image":
         reference = load_image_rgba(cfg.input, size=cfg.image.size, border_ratio=cfg.image.border_ratio, recenter=cfg.image.recenter)
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     if reference is not None:
         save_rgba_png(run.root / "input.png", reference)
     dr = DreamIn4DRun(cfg, device, priors, reference)

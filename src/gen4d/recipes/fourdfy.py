@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..devices import resolve_device, resolve_precision
 from ..distill.stage import GuidanceTerm, ScoreDistillation
 from ..distill.views import ViewSampling
@@ -434,7 +433,7 @@ def run_fourdfy(cfg: FourDfyConfig, out: str | Path, command: str = "gen4d text 
     check(cfg)
     device = resolve_device(cfg.device)
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     fr = FourDfyRun(cfg, device, priors, run)
     stages = [fr.static_stage()] + ([fr.refine_stage()] if cfg.refine.iterations > 0 else []) + [fr.dynamic_stage()]
     asset = AssetInfo(final_stage="dynamic", frames=cfg.export.frames or cfg.video.frames, radius=3.0,

@@ -30,7 +30,6 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..data.frames import read_image_file
 from ..data.preprocess import composite
 from ..devices import resolve_device, resolve_precision
@@ -322,7 +321,7 @@ def run_invert(cfg: InvertConfig, out: str | Path, command: str = "gen4d invert"
     check(cfg)
     device = resolve_device(cfg.device)
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     path = learn_token(cfg, run, device, quiet=quiet, stop_after_step=stop_after_step)
     if path is None:
         return {}

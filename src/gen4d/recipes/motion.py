@@ -35,7 +35,6 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..data.videos import (
     find_images,
     find_videos,
@@ -376,7 +375,7 @@ def run_motion_train(
     # the smallest file of the model first: a missing model is reported before anything is written
     scheduler = load_pretrained(DDPMScheduler, cfg.model, subfolder="scheduler")
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     sizes = sorted({f"{c.pixels.shape[-1]}x{c.pixels.shape[-2]}" for c in clips})
     run.log(f"inputs: {len(clips)} clip(s) of {clips[0].pixels.shape[0]} frame(s) at {', '.join(sizes)} (resize={cfg.resize})")
 

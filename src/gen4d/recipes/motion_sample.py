@@ -38,7 +38,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..data.videos import read_video_clip
 from ..devices import resolve_device, resolve_precision
 from ..export.images import save_png, to_uint8
@@ -275,7 +274,7 @@ def run_motion_sample(cfg: MotionSampleConfig, out: str | Path, command: str = "
     device = resolve_device(cfg.device)
     resolve_precision(cfg.precision, device)
     run = RunDir(out)
-    resuming = run.prepare(config_yaml(cfg), command)
+    resuming = run.prepare(cfg, command)
     if resuming and run.metrics_path.is_file() and (run.root / "video.mp4").is_file():
         run.log("already complete: nothing to do")
         return json.loads(run.metrics_path.read_text())

@@ -6,7 +6,8 @@ Stages (4D Gaussian Splatting, Wu et al. 2024):
      result) and trained jointly with the Gaussians, each image rendered at its own time;
 then evaluation on the test split and the exports.
 Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0.2), plus plane total variation, time smoothness and time-plane L1 on the
-field.
+field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended onto the Gaussians;
+its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms.
 """
 
 from __future__ import annotations
@@ -20,19 +21,18 @@ import torch
 
 from .. import Gen4DError
 from ..cameras import Cameras
-from ..config import config_yaml
 from ..data.dnerf import MultiViewVideo, read_dnerf_scene
 from ..devices import resolve_device
 from ..eval.metrics import psnr, ssim
 from ..export.images import save_png
 from ..export.scene import ExportConfig
-from ..fields.deformation import DeformationConfig
+from ..fields.deformation import DEFORMATION_TYPES, DeformationConfig
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategy import DensifyConfig, DensifyStrategy
 from ..runs import AssetInfo, RunDir, export_asset, write_asset_info
 from ..scene import Scene4D
 from ..training.loop import Stage, run_stages
-from ..training.losses import photometric_loss, regulariser_losses
+from ..training.losses import field_regularisers, photometric_loss, regulariser_losses
 from ..training.optim import LearningRates, deformation_optimizer, exp_decay, gaussian_optimizers
 from .recipe import Recipe
 
@@ -181,11 +181,13 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
         raise Gen4DError(f"background must be white, black or random, got {cfg.background!r}")
     if cfg.model.init_points < 1:
         raise Gen4DError(f"model.init_points must be at least 1, got {cfg.model.init_points}")
+    if cfg.deformation.type not in DEFORMATION_TYPES:
+        raise Gen4DError(f"deformation.type must be one of {', '.join(DEFORMATION_TYPES)}, got {cfg.deformation.type!r}")
     random_bg = cfg.background == "random"
     splits = read_dnerf_scene(cfg.data, downscale=cfg.downscale, background="white" if random_bg else cfg.background)
     train, test = splits["train"], splits["test"]
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
 
     data = TrainingData(train, device, keep_alpha=random_bg)
     bg = torch.tensor(train.background, dtype=torch.float32, device=device)
@@ -220,13 +222,15 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
                 target = data.premultiplied[idx] + (1.0 - data.alphas[idx]) * step_bg
             else:
                 step_bg, target = bg, data.images[idx]
-            out = scene.render(_select(data.cameras, idx), background=step_bg, deform=deform)
+            cams = _select(data.cameras, idx)
+            out = scene.render(cams, background=step_bg, deform=deform)
             terms = photometric_loss(out.rgb, target, cfg.loss.ssim_weight)
             if deform:
                 terms.update(regulariser_losses(scene, {
                     "plane_tv": cfg.loss.plane_tv_weight, "time_smoothness": cfg.loss.time_smoothness_weight,
                     "time_l1": cfg.loss.time_l1_weight,
                 }))
+                terms.update(field_regularisers(scene, cams.times))
             return terms, out.meta
 
         return fn
@@ -244,7 +248,7 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
 
     def dynamic_lrs(step: int) -> dict:
         rates: dict = gauss_lrs(n_dynamic)(step)
-        rates["deformation"] = [  # per parameter group: feature planes, MLP
+        rates["deformation"] = [  # per parameter group: feature planes (or nodes), MLP
             exp_decay(step, n_dynamic, lr.grid * extent, lr.grid_final * extent),
             exp_decay(step, n_dynamic, lr.mlp * extent, lr.mlp_final * extent),
         ]

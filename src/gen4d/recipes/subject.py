@@ -39,7 +39,6 @@ from PIL import Image
 from torch import Tensor
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..data.videos import find_images, read_image_rgb
 from ..devices import DTYPES, resolve_device, resolve_precision
 from ..guidance.prompts import PromptEncoder
@@ -256,7 +255,7 @@ def run_subject_train(cfg: SubjectConfig, out: str | Path, command: str = "gen4d
     device = resolve_device(cfg.device)
     scheduler = load_pretrained(DDPMScheduler, cfg.model, subfolder="scheduler")  # missing weights fail here, first
     run = RunDir(out)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     instance_prompt, class_prompt = prompts(cfg)
     run.log(f"subject: {len(paths)} image(s), prompt {instance_prompt!r}")
     classes: list[Tensor] = []

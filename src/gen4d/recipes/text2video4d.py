@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import Gen4DError
-from ..config import config_yaml
 from ..data.preprocess import REMBG_INSTALL, load_video_frames, rembg_model_problem, resolve_segmenter, save_rgba_png
 from ..devices import resolve_device
 from ..guidance.priors import PriorFactory, build_prior
@@ -134,7 +133,7 @@ def run_text2video4d(
     # The 4D stages read the frames of the video stage; the resolved path is part of config.yaml.
     cfg = dataclasses.replace(cfg, dg4d=dataclasses.replace(cfg.dg4d, mode="video", input=str(root / "stages" / "video" / "frames")))
     run = RunDir(root)
-    run.prepare(config_yaml(cfg), command)
+    run.prepare(cfg, command)
     video = run_artifact(run, video_stage(cfg, run, quiet=quiet))
     metrics = run_dg4d(cfg.dg4d, root, command=command, quiet=quiet, stop_after_step=stop_after_step, run=run, priors=priors)
     if not metrics:  # stopped on request (tests)

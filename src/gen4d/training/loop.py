@@ -30,6 +30,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from .. import Gen4DError
 from ..gaussians.strategy import DensifyStrategy
 from ..runs import RunDir, load_optimizer, optimizer_tensors
 
@@ -323,6 +324,10 @@ def _default_update(stage: Stage, model, optimizers: dict, step: int, generator:
         out = StepLosses(*out)
     if stage.strategy is not None:
         stage.strategy.step_pre_backward(out.meta)
+    bad = sorted(k for k, v in out.losses.items() if not bool(torch.isfinite(v.detach()).all()))
+    if bad:  # stop before a non-finite value reaches the parameters (or a kernel that cannot take it)
+        raise Gen4DError(f"stage {stage.name!r} diverged at step {step + 1}: loss {', '.join(bad)} is not finite; its last "
+                         "checkpoint is kept (lower its learning rates to go on)")
     total = backward(out)
     scaled = []
     for name, factor in (out.lr_scale or {}).items():

@@ -26,18 +26,33 @@ def _field(scene: Scene4D):
     return scene.deformation
 
 
-REGULARISERS: dict[str, Callable[[Scene4D], Tensor]] = {
-    "plane_tv": lambda scene: _field(scene).hexplane.plane_tv(),
-    "time_smoothness": lambda scene: _field(scene).hexplane.time_smoothness(),
-    "time_l1": lambda scene: _field(scene).hexplane.time_l1(),
+def _hexplane(scene: Scene4D):
+    return getattr(_field(scene), "hexplane", None)
+
+
+REGULARISERS: dict[str, Callable[[Scene4D], Tensor | None]] = {
+    "plane_tv": lambda scene: None if (hp := _hexplane(scene)) is None else hp.plane_tv(),
+    "time_smoothness": lambda scene: None if (hp := _hexplane(scene)) is None else hp.time_smoothness(),
+    "time_l1": lambda scene: None if (hp := _hexplane(scene)) is None else hp.time_l1(),
 }
 """Regularisers by name (the keys stages' configs use): HexPlane total variation of the spatial planes, second-order
-smoothness of the time planes along t, and the pull of the time planes towards "no motion"."""
+smoothness of the time planes along t, and the pull of the time planes towards "no motion". Each gives None for a
+field without feature planes (a node field), and the term is left out."""
 
 
 def regulariser_losses(scene: Scene4D, weights: dict[str, float]) -> dict[str, Tensor]:
-    """``{name: weight * REGULARISERS[name](scene)}`` for every non-zero weight."""
+    """``{name: weight * REGULARISERS[name](scene)}`` for every non-zero weight whose term applies to the field."""
     unknown = sorted(set(weights) - set(REGULARISERS))
     if unknown:
         raise Gen4DError(f"unknown regulariser(s) {', '.join(unknown)}; choose from {', '.join(REGULARISERS)}")
-    return {name: w * REGULARISERS[name](scene) for name, w in weights.items() if w}
+    out = {}
+    for name, w in weights.items():
+        if w and (value := REGULARISERS[name](scene)) is not None:
+            out[name] = w * value
+    return out
+
+
+def field_regularisers(scene: Scene4D, times: Tensor) -> dict[str, Tensor]:
+    """The deformation field's own weighted regularisers at ``times`` (the rendered cameras' times): a node
+    field's ``arap``; none for a HexPlane field or a scene without a field."""
+    return {} if scene.deformation is None else scene.deformation.regularisers(times)

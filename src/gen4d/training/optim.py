@@ -29,11 +29,11 @@ class LearningRates:
     quats: float = 1e-3
     """Quaternions."""
     grid: float = 1.6e-3
-    """HexPlane feature planes, initial."""
+    """HexPlane feature planes (a node field: node positions and log-radii), initial."""
     grid_final: float = 1.6e-5
-    """HexPlane feature planes, final."""
+    """HexPlane feature planes (node positions and log-radii), final."""
     mlp: float = 1.6e-4
-    """Deformation MLP, initial."""
+    """Deformation MLP (a node field: the node-motion MLP), initial."""
     mlp_final: float = 1.6e-6
     """Deformation MLP, final."""
 
@@ -61,12 +61,11 @@ def gaussian_optimizers(scene: Scene4D, lr: LearningRates, extent: float) -> dic
 
 
 def deformation_optimizer(scene: Scene4D, lr: LearningRates, extent: float) -> torch.optim.Optimizer:
-    """Adam over the deformation field with two groups: feature planes and MLP."""
-    field = scene.deformation
-    grid = list(field.hexplane.parameters())
-    grid_ids = {id(p) for p in grid}
-    mlp = [p for p in field.parameters() if id(p) not in grid_ids]
+    """Adam over the deformation field with the two groups its ``optimizer_groups()`` names, in that order:
+    ``grid`` (HexPlane feature planes, or a node field's node positions and radii) at ``lr.grid`` and ``mlp`` at
+    ``lr.mlp`` (both times ``extent``)."""
+    rates = {"grid": lr.grid * extent, "mlp": lr.mlp * extent}
     return torch.optim.Adam(
-        [{"params": grid, "lr": lr.grid * extent, "name": "grid"}, {"params": mlp, "lr": lr.mlp * extent, "name": "mlp"}],
+        [{"params": params, "lr": rates[name], "name": name} for name, params in scene.deformation.optimizer_groups()],
         eps=1e-15,
     )
