@@ -292,3 +292,21 @@ def test_a_diverging_stage_stops_with_one_line_and_keeps_its_last_checkpoint(tmp
     tensors, state = run.load_checkpoint("distil")
     assert state["step"] == 4 and not state.get("complete")
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_a_node_field_adds_its_arap_term_at_the_times_the_step_rendered():
+    g = torch.Generator().manual_seed(0)
+    scene = Scene4D(GaussianModel.random_in_sphere(300, 0.6, 0, g))
+    cfg = DeformationConfig(type="nodes")
+    cfg.nodes.count, cfg.nodes.arap_weight = 16, 0.5
+    scene.attach_deformation(cfg, 0)
+    with torch.no_grad():  # a non-rigid motion, so the term is not zero
+        for p in scene.deformation.mlp.parameters():
+            p.normal_(0.0, 0.3, generator=g)
+    losses = ScoreDistillation([_terms(1.0, 0.0)[1]], background=torch.ones(3))
+    out = losses(scene, 0, torch.Generator().manual_seed(1))
+    times = losses.last_views["video"].times
+    assert float(out.losses["arap"].detach()) > 0
+    torch.testing.assert_close(out.losses["arap"], 0.5 * scene.deformation.arap_loss(times))
+    hexplane = ScoreDistillation([_terms(1.0, 0.0)[1]], background=torch.ones(3))(_scene(), 0, torch.Generator().manual_seed(1))
+    assert "arap" not in hexplane.losses

@@ -10,7 +10,8 @@ A step of :class:`ScoreDistillation`:
    render-resolution schedule, and the parameter groups it may update (``static``: the canonical Gaussians,
    ``dynamic``: the deformation field). The combination rule is ``sum`` (every term every step: Dream-in-4D,
    DreamGaussian4D) or ``one`` (one term per step, drawn with the terms' probabilities: 4D-fy's hybrid SDS);
-3. **regularisers** by name (:data:`gen4d.training.losses.REGULARISERS`).
+3. **regularisers** by name (:data:`gen4d.training.losses.REGULARISERS`), and the deformation field's own (a node
+   field's as-rigid-as-possible term) at the times rendered in the step.
 
 Each loss is routed to its term's groups (:class:`~gen4d.training.loop.StepLosses`), so a term limited to the static
 Gaussians leaves the deformation field untouched, bit for bit, and the reverse.
@@ -36,7 +37,7 @@ from ..guidance.sds import TimestepSchedule
 from ..render import RenderOutput
 from ..scene import Scene4D
 from ..training.loop import StepLosses
-from ..training.losses import regulariser_losses
+from ..training.losses import field_regularisers, regulariser_losses
 from .views import ViewBatch, ViewSampling, sample_views
 
 Schedule = float | Callable[[int], float]
@@ -270,6 +271,7 @@ class ScoreDistillation:
                 routes.update({k: params for k in ref_losses})
         lr_scale: dict[str, float] = {}
         shared: dict[str, tuple[ViewBatch, Any]] = {}
+        times: list[Tensor] = []
         for term in self.choose(generator):
             w = at(term.weight, step)
             if not w:
@@ -278,6 +280,7 @@ class ScoreDistillation:
             if not n_images:  # no view within the term's azimuth limit this step
                 continue
             self.history[term.name] += 1
+            times.append(self.last_views[term.name].times)
             if term.densify and term_meta is not None:
                 metas.append(term_meta)
             for key, value in out.items():
@@ -293,4 +296,6 @@ class ScoreDistillation:
                     losses[f"{term.name}_{key.removeprefix('loss_')}"] = value
             lr_scale.update(term.lr_scale)
         losses.update(regulariser_losses(scene, self.regularisers))
+        if times and scene.deformation is not None:  # the field's own terms (a node field's ARAP) at this step's times
+            losses.update(field_regularisers(scene, torch.cat(times)))
         return StepLosses(losses, metas or None, routes or None, lr_scale or None)
