@@ -92,7 +92,8 @@ class RunDir:
                         "rerun with the same options to resume, or choose a new --out"
                     )
                 write_text(self.config_path, config_text)
-                self.log(f"config.yaml: options added since the run was made, at their defaults: {', '.join(added)}")
+                self.log("config.yaml: " + (f"options added since the run was made, at their defaults: {', '.join(added)}"
+                                            if added else "the same values, written anew"))
             self.log(f"resuming: {command}")
             attach_run_log(self.root / "log.txt")
             return True
