@@ -78,12 +78,12 @@ class RunDir:
         ``data`` folder, are allowed).
         """
         config_text = config if isinstance(config, str) else config_yaml(config)
-        defaults = None if isinstance(config, str) else config_yaml(type(config)())
         if self.root.exists() and not self.root.is_dir():
             raise Gen4DError(f"--out {self.root} exists and is not a directory")
         if self.config_path.exists():
             old = self.config_path.read_text()
             if old != config_text:
+                defaults = None if isinstance(config, str) else config_yaml(type(config)())  # only needed here
                 added = options_added_since(old, config_text, defaults)
                 if added is None:
                     changed = _changed_lines(old, config_text)

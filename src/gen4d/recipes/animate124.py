@@ -513,8 +513,7 @@ class Animate124Run(DistilledRun):
             prepare=(lambda scene: scene.attach_deformation(cfg.deformation, cfg.seed)) if not semantic else None,
             make_optimizers=optimizers,
             learning_rates=lambda step: {"means": static_lr["means"], "deformation": [
-                rate if rate == final else exp_decay(step, iterations, rate, final)
-                for rate, final in ((lr.grid, lr.grid_final), (lr.mlp, lr.mlp_final))]},
+                exp_decay(step, iterations, lr.grid, lr.grid_final), exp_decay(step, iterations, lr.mlp, lr.mlp_final)]},
             losses=LazyLosses(lambda: self.clip_losses(semantic, counter)), preview=self.preview,
             checkpoint_every=cfg.checkpoint_every, preview_every=cfg.preview_every,
             extra_state=(lambda: dict(counter), lambda state: counter.update(anchored=int(state.get("anchored", 0)))),

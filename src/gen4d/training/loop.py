@@ -324,9 +324,11 @@ def _default_update(stage: Stage, model, optimizers: dict, step: int, generator:
         out = StepLosses(*out)
     if stage.strategy is not None:
         stage.strategy.step_pre_backward(out.meta)
-    bad = sorted(k for k, v in out.losses.items() if not bool(torch.isfinite(v.detach()).all()))
-    if bad:  # stop before a non-finite value reaches the parameters (or a kernel that cannot take it)
-        raise Gen4DError(f"stage {stage.name!r} diverged at step {step + 1}: loss {', '.join(bad)} is not finite; its last "
+    # stop before a non-finite value reaches the parameters (or a kernel that cannot take it); one check per step
+    values = torch.stack([v.detach().sum().float() for v in out.losses.values()]) if out.losses else None
+    if values is not None and not bool(torch.isfinite(values).all()):
+        bad = [k for k, ok in zip(out.losses, torch.isfinite(values).tolist()) if not ok]
+        raise Gen4DError(f"stage {stage.name!r} diverged at step {step + 1}: loss {', '.join(sorted(bad))} is not finite; its last "
                          "checkpoint is kept (lower its learning rates to go on)")
     total = backward(out)
     scaled = []

@@ -39,7 +39,10 @@ class LearningRates:
 
 
 def exp_decay(step: int, total: int, lr0: float, lr1: float) -> float:
-    """Log-linear interpolation from ``lr0`` at step 0 to ``lr1`` at ``total``."""
+    """Log-linear interpolation from ``lr0`` at step 0 to ``lr1`` at ``total`` (exactly ``lr0`` throughout when they are
+    equal: a constant rate)."""
+    if lr0 == lr1:
+        return lr0
     f = min(max(step / max(total, 1), 0.0), 1.0)
     return math.exp((1 - f) * math.log(lr0) + f * math.log(lr1))
 
