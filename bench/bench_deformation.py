@@ -10,7 +10,8 @@ The held-out test PSNR / SSIM, the training seconds and the Gaussian count come 
 the wall seconds are the subprocess's. Exports are off (``export.formats=[]``) unless ``--exports``: they are not
 what is compared, and at 100 frames they cost more than the fit on a CPU.
 
-    python bench/bench_deformation.py                                  # windmill, walker, chain, jumping_jacks x hexplane, nodes
+    python bench/bench_deformation.py                                  # windmill, walker, chain, jumping_jacks x hexplane, nodes x schedules
+    python bench/bench_deformation.py --types hexplane --schedules curriculum
     python bench/bench_deformation.py --scenes windmill --types nodes --extra deformation.nodes.count=256
     python bench/bench_deformation.py --dry-run                        # tiny sizes and a few steps: checks the script
 
@@ -35,6 +36,15 @@ from pathlib import Path
 
 DEFAULT_SCENES = ("windmill", "walker", "chain", "jumping_jacks")
 DEFAULT_TYPES = ("hexplane", "nodes")
+# Training schedules (``--schedules``): reconstruct overrides. ``all-times``: the static stage fits every frame
+# (time ignored) and the dynamic stage sees the whole clip from its first step; ``curriculum``: canonical
+# Gaussians from the frames around mid-clip, then a time window widening to the whole clip over the first quarter
+# of the dynamic stage, time nodes not reached yet holding the motion at the window's edge.
+SCHEDULES = {
+    "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false"],
+    "curriculum": ["train.canonical_window=0.05", "train.time_curriculum=0.25", "train.hold_unreached=true"],
+}
+DEFAULT_SCHEDULES = ("all-times", "curriculum")
 # --dry-run: sizes and settings small enough for a test on a CPU.
 DRY_RUN = dict(resolution=24, frames=6, test_views=2, iters=4)
 DRY_RUN_OVERRIDES = [
@@ -48,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", nargs="+", default=list(DEFAULT_SCENES), help="synthetic scenes (default: %(default)s)")
     ap.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES), help="deformation types (default: %(default)s)")
+    ap.add_argument("--schedules", nargs="+", default=list(DEFAULT_SCHEDULES), choices=list(SCHEDULES),
+                    help="training schedules (default: %(default)s)")
     ap.add_argument("--resolution", type=int, default=128, help="image size in pixels (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=100, help="training frames, one camera each (default: %(default)s)")
     ap.add_argument("--test-views", type=int, default=20, help="held-out test frames (default: %(default)s)")
@@ -89,7 +101,7 @@ def scene_data(scene: str, args: argparse.Namespace) -> tuple[Path, float]:
     return folder, time.perf_counter() - t
 
 
-def reconstruct_command(data: Path, run: Path, deformation: str, args: argparse.Namespace) -> list[str]:
+def reconstruct_command(data: Path, run: Path, deformation: str, args: argparse.Namespace, schedule: str = "all-times") -> list[str]:
     cmd = [sys.executable, "-m", "gen4d.cli", "reconstruct", str(data), "--out", str(run), "--preset", args.preset, "--quiet",
            "--seed", str(args.seed)]
     if args.iters is not None:
@@ -100,14 +112,14 @@ def reconstruct_command(data: Path, run: Path, deformation: str, args: argparse.
         cmd.append("export.formats=[]")
     if args.dry_run:
         cmd += DRY_RUN_OVERRIDES
-    return cmd + [f"deformation.type={deformation}", *args.extra]
+    return cmd + [f"deformation.type={deformation}", *SCHEDULES[schedule], *args.extra]
 
 
-def run_one(scene: str, deformation: str, data: Path, run: Path, args: argparse.Namespace) -> dict:
+def run_one(scene: str, deformation: str, data: Path, run: Path, args: argparse.Namespace, schedule: str = "all-times") -> dict:
     if run.exists():
         shutil.rmtree(run)  # a fresh run: reconstruct would resume a finished one
-    cmd = reconstruct_command(data, run, deformation, args)
-    row: dict = {"scene": scene, "type": deformation, "command": cmd}
+    cmd = reconstruct_command(data, run, deformation, args, schedule)
+    row: dict = {"scene": scene, "type": deformation, "schedule": schedule, "command": cmd}
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     row["wall_seconds"] = time.perf_counter() - t
@@ -138,9 +150,9 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'scene':<15} {'type':<9} {'PSNR dB':>8} {'SSIM':>7} {'train s':>8} {'wall s':>8} {'Gaussians':>10}")
+    print(f"{'scene':<15} {'type':<9} {'schedule':<11} {'PSNR dB':>8} {'SSIM':>7} {'train s':>8} {'wall s':>8} {'Gaussians':>10}")
     for r in rows:
-        print(f"{r['scene']:<15} {r['type']:<9} {_fmt(r.get('psnr'), '8.2f')} {_fmt(r.get('ssim'), '7.4f')} "
+        print(f"{r['scene']:<15} {r['type']:<9} {r.get('schedule', '-'):<11} {_fmt(r.get('psnr'), '8.2f')} {_fmt(r.get('ssim'), '7.4f')} "
               f"{_fmt(r.get('training_seconds'), '8.1f')} {_fmt(r.get('wall_seconds'), '8.1f')} {_fmt(r.get('num_gaussians'), '10d')}"
               + (f"  error: {r['error']}" if "error" in r else ""))
 
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="gen4d-bench-deformation-"))
     runs = args.keep or work
-    settings = {k: getattr(args, k) for k in ("resolution", "frames", "test_views", "seed", "preset", "iters", "device", "extra", "exports", "dry_run")}
+    settings = {k: getattr(args, k) for k in ("resolution", "frames", "test_views", "seed", "preset", "iters", "device", "extra", "exports", "dry_run", "schedules")}
     settings["layout"] = "monocular"
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
     record: dict = {"machine": machine, "settings": settings, "data": {}, "rows": []}
@@ -165,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             record["data"][scene] = {"folder": str(data), "write_seconds": seconds}
             print(f"{scene}: {data}" + (f" (written in {seconds:.1f} s)" if seconds else " (cached)"), flush=True)
             for deformation in args.types:
-                row = run_one(scene, deformation, data, runs / f"{scene}-{deformation}", args)
-                record["rows"].append(row)
-                print_table([row])
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(record, indent=2) + "\n")  # after every run: partial results survive
+                for schedule in args.schedules:
+                    row = run_one(scene, deformation, data, runs / f"{scene}-{deformation}-{schedule}", args, schedule)
+                    record["rows"].append(row)
+                    print_table([row])
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(record, indent=2) + "\n")  # after every run: partial results survive
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -5,13 +5,15 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 
 def test_bench_deformation_dry_run_has_a_row_per_scene_and_type(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_deformation", Path(__file__).resolve().parents[1] / "bench" / "bench_deformation.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "deformation.json"
-    args = ["--dry-run", "--scenes", "windmill", "chain", "--types", "hexplane", "nodes", "--cache", str(tmp_path / "cache"),
+    args = ["--dry-run", "--scenes", "windmill", "chain", "--types", "hexplane", "nodes", "--schedules", "curriculum", "--cache", str(tmp_path / "cache"),
             "--keep", str(tmp_path / "runs"), "--json", str(out)]
     assert bench.main(args) == 0
     record = json.loads(out.read_text())
@@ -22,8 +24,12 @@ def test_bench_deformation_dry_run_has_a_row_per_scene_and_type(tmp_path, capsys
         assert "error" not in r and math.isfinite(r["psnr"]) and 0.0 < r["ssim"] <= 1.0
         assert r["wall_seconds"] > 0 and r["training_seconds"] > 0 and r["num_gaussians"] > 0
         assert f"deformation.type={r['type']}" in r["command"] and "export.formats=[]" in r["command"]
+        assert r["schedule"] == "curriculum" and set(bench.SCHEDULES["curriculum"]) <= set(r["command"])
         assert r["eval_views"] == 2 and r["iterations"] == 4
-        assert (tmp_path / "runs" / f"{r['scene']}-{r['type']}" / "metrics.json").exists()
+        run = tmp_path / "runs" / f"{r['scene']}-{r['type']}-curriculum"
+        assert (run / "metrics.json").exists()
+        train = yaml.safe_load((run / "config.yaml").read_text())["train"]
+        assert (train["canonical_window"], train["time_curriculum"], train["hold_unreached"]) == (0.05, 0.25, True)
     # the scenes were written once, monocular: one camera per training time
     for scene in ("windmill", "chain"):
         data = Path(record["data"][scene]["folder"])

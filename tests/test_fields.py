@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -320,3 +321,54 @@ def test_bounds_normalisation_and_state_dict():
     a, b = field(pts, 0.4), other(pts, 0.4)
     torch.testing.assert_close(a.d_means, b.d_means)
     torch.testing.assert_close(a.d_quats, b.d_quats)
+
+
+@pytest.mark.parametrize("resolution", [(6, 5, 4, 7), (3, 1, 4, 2)])
+def test_fused_cpu_lookup_matches_grid_sample_values_and_gradients(resolution):
+    """The numba pass (CPU default) against six grid_sample calls: values and gradients with respect to the
+    coordinates and every plane, inside the box, outside it (border padding: no coordinate gradient) and along
+    an axis with a single node."""
+    cfg = HexPlaneConfig(feature_dim=3, resolution=resolution, multires=(1, 2))
+    fused = HexPlane(cfg).double()
+    plain = HexPlane(dataclasses.replace(cfg, fused_cpu=False)).double()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for pf, pp in zip(fused.parameters(), plain.parameters()):
+            pf.copy_(0.5 + torch.rand(pf.shape, generator=g, dtype=torch.float64))
+            pp.copy_(pf)
+    pts = torch.cat([torch.rand(200, 3, generator=g, dtype=torch.float64) * 2.6 - 1.3,
+                     torch.rand(200, 1, generator=g, dtype=torch.float64) * 1.2 - 0.1], dim=-1)
+    weights = torch.randn(200, fused.output_dim, generator=g, dtype=torch.float64)
+    grads = []
+    for hp in (fused, plain):
+        x = pts.clone().requires_grad_(True)
+        out = hp(x)
+        grads.append((out, *torch.autograd.grad((out * weights).sum(), [x, *hp.parameters()])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    outside = (pts[:, :3].abs() > 1).any(-1)
+    assert outside.any() and (grads[0][1][:, :3][pts[:, :3].abs() > 1] == 0).all()
+
+
+def test_hold_times_outside_copies_the_window_edge_nodes():
+    hp = HexPlane(HexPlaneConfig(feature_dim=2, resolution=(3, 3, 3, 11), multires=(1, 2)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in hp.parameters():
+            p.copy_(torch.rand(p.shape, generator=g))
+    before = [[p.clone() for p in planes] for planes in hp.grids]
+    hp.hold_times_outside(0.33, 0.61)  # 10 intervals: times in the window read nodes 3 .. 7
+    for planes, old in zip(hp.grids, before):
+        for p in range(6):
+            new = planes[p]
+            if p < 3:
+                assert torch.equal(new, old[p])  # spatial planes untouched
+                continue
+            assert torch.equal(new[..., 3:8, :], old[p][..., 3:8, :])
+            assert torch.equal(new[..., :3, :], old[p][..., 3:4, :].expand_as(new[..., :3, :]))
+            assert torch.equal(new[..., 8:, :], old[p][..., 7:8, :].expand_as(new[..., 8:, :]))
+    # then every time outside the window has the features of the window's nearest edge time
+    pts = torch.rand(20, 3, generator=g) * 2 - 1
+    at = lambda t: hp(torch.cat([pts, torch.full((20, 1), t)], -1))  # noqa: E731
+    torch.testing.assert_close(at(0.0), at(0.3))
+    torch.testing.assert_close(at(1.0), at(0.7))

@@ -20,7 +20,7 @@ from gen4d.data.dnerf import load_dnerf
 from gen4d.data.synthetic import write_synthetic_scene
 from gen4d.data.videos import read_video
 from gen4d.eval.metrics import psnr
-from gen4d.recipes.reconstruct import TrainingData, build_config, run_reconstruct
+from gen4d.recipes.reconstruct import TrainingData, build_config, curriculum_width, run_reconstruct, time_window
 
 TINY = [
     "train.iterations=24", "train.static_fraction=0.25", "train.checkpoint_every=4", "train.preview_every=12",
@@ -133,6 +133,37 @@ def test_random_background_training_evaluates_on_white(scene_dir, tmp_path):
     assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY, "background=random", "export.formats=[ply]"]) == 0
     corner = np.array(Image.open(out / "eval" / "test" / "r_000.png"))[0, 0]
     assert (corner >= 250).all()  # nothing there: the white evaluation background
+
+
+def test_time_window_and_curriculum_widths():
+    assert time_window(0.5, 1.0) is None and time_window(0.0, 1.0) is None
+    assert time_window(0.5, 0.2) == pytest.approx((0.4, 0.6))
+    assert time_window(0.25, 0.4) == pytest.approx((0.15, 0.55))  # widens in proportion to each end's distance
+    assert time_window(0.0, 0.3) == pytest.approx((0.0, 0.3))
+    # linear from the canonical window's width at step 0 to the whole clip at `share` of the stage, then constant
+    assert [curriculum_width(s, 100, 0.2, 0.5) for s in (0, 25, 50, 80)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
+    assert curriculum_width(0, 100, 0.2, 0.0) == 1.0
+
+
+def test_sampler_keeps_to_the_time_window_and_is_unchanged_without_one(tmp_path):
+    write_synthetic_scene("bouncing_balls", tmp_path, resolution=8, train_times=20, test_views=1, seed=0, layout="monocular")
+    train = load_dnerf(tmp_path, "train")
+    data = TrainingData(train, torch.device("cpu"))
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    seen = torch.cat([data.sample(2, g1, (0.3, 0.5)) for _ in range(200)])
+    times = train.times[seen]
+    assert ((times >= 0.3) & (times <= 0.5)).all()
+    assert len(torch.unique(times)) == int(((train.times >= 0.3) & (train.times <= 0.5)).sum())  # every one reached
+    # a window between two frames: the nearest frame's images
+    nearest = train.times[(train.times - 0.501).abs().argmin()]
+    assert (train.times[torch.cat([data.sample(2, g1, (0.501, 0.502)) for _ in range(20)])] == nearest).all()
+    # no window: the same draws as a sampler that has never heard of windows (index arithmetic of the whole set)
+    draws = [data.sample(2, g2) for _ in range(50)]
+    g3 = torch.Generator().manual_seed(0)
+    for d in draws:
+        first = int(torch.randint(len(train.times), (1,), generator=g3))
+        assert int(d[0]) == first
+        torch.testing.assert_close(d[1:], torch.randint(len(train.times), (1,), generator=g3))
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -5,6 +5,9 @@ sampled bilinearly and the six feature vectors are **multiplied** element-wise (
 lets a time plane of ones leave the spatial features untouched). Several spatial resolutions ("scales") are
 evaluated independently and their features are **concatenated**.
 
+On the CPU the lookup runs in one numba-compiled pass per scale (:mod:`gen4d.fields.kplanes_numba`); elsewhere
+it is six ``grid_sample`` calls.
+
 Conventions: xyz arrive already normalised to ``[-1, 1]``; t arrives in ``[0, 1]`` (gen4d's time convention,
 see :mod:`gen4d.cameras`) and is mapped to ``[-1, 1]`` here, so the first and last time nodes sit exactly at
 ``t = 0`` and ``t = 1`` whatever the number of frames.
@@ -12,6 +15,7 @@ see :mod:`gen4d.cameras`) and is mapped to ``[-1, 1]`` here, so the first and la
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +46,10 @@ class HexPlaneConfig:
 
     multires: tuple[int, ...] = (1, 2)
     """Spatial resolution multipliers, one scale each; the time resolution is the same at every scale."""
+
+    fused_cpu: bool = True
+    """On the CPU, sample the six planes in one compiled pass (``kplanes_numba``; the same values as
+    ``grid_sample``, about 1.5x faster forward + backward); False: six ``grid_sample`` calls as on a GPU."""
 
     init_range: tuple[float, float] = (0.1, 0.5)
     """Spatial planes (xy, xz, yz) start uniform in this range. Time planes (xt, yt, zt) start at exactly 1.0
@@ -102,6 +110,10 @@ class HexPlane(nn.Module):
         # grid_sample's CPU backward reads out of bounds at non-finite coordinates; finite ones pass unchanged
         coords = torch.nan_to_num(coords, nan=0.0, posinf=1.0, neginf=-1.0)
         n = coords.shape[0]
+        if coords.device.type == "cpu" and self.config.fused_cpu:
+            from .kplanes_numba import kplanes_product
+
+            return torch.cat([kplanes_product(coords, list(planes)) for planes in self.grids], dim=-1)
         feats = []
         for planes in self.grids:
             prod = None
@@ -113,6 +125,23 @@ class HexPlane(nn.Module):
                 prod = sampled if prod is None else prod * sampled
             feats.append(prod)
         return torch.cat(feats, dim=-1)
+
+    @torch.no_grad()
+    def hold_times_outside(self, lo: float, hi: float) -> None:
+        """Give every time node outside the window of clip times ``[lo, hi]`` the values of the nearest node
+        that a time inside the window reads (the window's edge nodes), on every time plane and scale.
+
+        With a time window that widens during training (coarse-to-fine in time), the nodes that come into the
+        window then start from the motion learnt at its edge, as a tracker starts from the last frame, rather
+        than from the canonical pose (nodes at 1: no motion), which the motion may be far from by then."""
+        for planes in self.grids:
+            for p in TIME_PLANES:
+                plane = planes[p]
+                last = plane.shape[-2] - 1
+                first_used = max(0, min(last, int(math.floor(lo * last))))
+                last_used = max(first_used, min(last, int(math.ceil(hi * last))))
+                plane[..., :first_used, :] = plane[..., first_used:first_used + 1, :]
+                plane[..., last_used + 1:, :] = plane[..., last_used:last_used + 1, :]
 
     # ------------------------------------------------------------------------------------------ regularisers
     # Each regulariser is a sum over scales and over the planes it concerns of a per-plane mean, so its size
