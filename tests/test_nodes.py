@@ -322,6 +322,67 @@ def test_save_load_round_trip_gives_identical_deformations_and_renders():
     assert torch.equal(field_regularisers(scene, times)["arap"], field_regularisers(back, times)["arap"])
 
 
+# ------------------------------------------------------------------------------------------------- table motion
+def test_table_motion_starts_at_the_identity_interpolates_its_knots_and_holds_them_outside_a_window():
+    model = _gaussians(200, dtype=torch.float64)
+    cfg = _config("nodes", count=12, motion="table", time_nodes=5)  # knots at t = 0, 0.25, 0.5, 0.75, 1
+    scene = Scene4D(model).attach_deformation(cfg, seed=0)
+    field = scene.deformation.double()
+    assert field.mlp is None and field.table.shape == (5, 12, 7)
+    canonical = model.frame()
+    for t in TIMES:
+        f = scene.frame_at(t)
+        assert torch.allclose(f.means, canonical.means, atol=1e-12, rtol=0) and torch.allclose(f.quats, canonical.quats, atol=1e-12, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        field.table.copy_(0.3 * torch.randn(field.table.shape, generator=g, dtype=torch.float64))
+    table = field.table.detach().clone()
+    quats, trans = field.node_transforms(torch.tensor([0.25, 0.625, 1.0], dtype=torch.float64))
+    identity = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    torch.testing.assert_close(trans[0], table[1, :, :3])  # on a knot: the knot
+    torch.testing.assert_close(trans[1], 0.5 * (table[2, :, :3] + table[3, :, :3]))  # halfway: the mean of two
+    torch.testing.assert_close(trans[2], table[4, :, :3])
+    blend = identity + 0.5 * (table[2, :, 3:] + table[3, :, 3:])
+    torch.testing.assert_close(quats[1], blend / blend.norm(dim=-1, keepdim=True))
+    # the motion table is trained at the node positions' rate (a whole motion per knot needs more than the MLP's rate)
+    assert [name for name, params in field.optimizer_groups() if any(p is field.table for p in params)] == ["grid"]
+    field.hold_times_outside(0.3, 0.6)  # read by times in [0.3, 0.6]: knots 1 .. 3
+    held = field.table.detach()
+    assert torch.equal(held[1:4], table[1:4]) and torch.equal(held[0], table[1]) and torch.equal(held[4], table[3])
+    # state round trip: the table is part of the field's tensors
+    back = Scene4D.from_tensors({k: v.detach().clone() for k, v in scene.tensors().items()}, 0, cfg).double()
+    for t in TIMES:
+        torch.testing.assert_close(back.frame_at(t).means, scene.frame_at(t).means, atol=1e-6, rtol=0)  # loaded in float32
+
+
+def test_reconstruct_time_curriculum_holds_the_knots_it_has_not_reached(scene_dir, tmp_path):
+    """Every step of a curriculum that never reaches the clip's ends starts with the knots outside the window
+    equal to its edge knots; the run's field is a table of node motions trained from the reference time."""
+    over = TINY + ["deformation.nodes.motion=table", "deformation.nodes.time_nodes=9", "train.reference_time=0.5",
+                   "train.canonical_window=0.05", "train.time_curriculum=1.0", "export.formats=[]", "train.iterations=12"]
+    cfg = build_config("default", over, {"data": str(scene_dir)})
+    seen = []
+    original = NodeDeformationField.hold_times_outside
+
+    def spy(self, lo, hi):
+        original(self, lo, hi)
+        seen.append((lo, hi, self.table.detach().clone()))
+
+    NodeDeformationField.hold_times_outside = spy
+    try:
+        run_reconstruct(cfg, tmp_path / "run", quiet=True)
+    finally:
+        NodeDeformationField.hold_times_outside = original
+    assert len(seen) == 9  # every dynamic step (12 - 3 static)
+    widths = [hi - lo for lo, hi, _ in seen]
+    assert widths == sorted(widths) and widths[0] == pytest.approx(0.05) and widths[-1] < 1.0
+    for lo, hi, table in seen:
+        first, last = math.floor(lo * 8), math.ceil(hi * 8)
+        assert torch.equal(table[:first], table[first:first + 1].expand_as(table[:first]))
+        assert torch.equal(table[last + 1:], table[last:last + 1].expand_as(table[last + 1:]))
+    assert seen[-1][2].abs().max() > 0  # the table was trained
+
+
 # ------------------------------------------------------------------------------------------------- 5. end to end
 TINY = [
     "train.iterations=24", "train.static_fraction=0.25", "train.checkpoint_every=4", "train.preview_every=12",

@@ -1,12 +1,13 @@
 """Run directories: a run made before options were added to its recipe's configuration still resumes."""
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
 from gen4d import Gen4DError
 from gen4d.config import config_yaml
-from gen4d.runs import RunDir, options_added_since
+from gen4d.runs import RunDir, legacy_values, options_added_since
 
 
 @dataclass
@@ -56,3 +57,33 @@ def test_options_added_since_needs_defaults_and_refuses_removed_options():
     assert options_added_since(old, new, config_yaml(New())) == ["inner.extra", "mode"]
     assert options_added_since(old, new, None) is None
     assert options_added_since(new, old, config_yaml(Old())) is None  # options gone: not the same run
+
+
+@dataclass
+class Inner3(Inner):
+    LEGACY: ClassVar[dict] = {"schedule": "old"}
+    schedule: str = "new"  # a default that changes what a run does
+
+
+@dataclass
+class Newer:
+    steps: int = 10
+    inner: Inner3 = field(default_factory=Inner3)
+
+
+def test_an_added_option_whose_default_changed_the_behaviour_resumes_only_at_its_legacy_value(tmp_path):
+    assert legacy_values(Newer) == {"inner.schedule": "old"}
+    run = RunDir(tmp_path / "run")
+    run.prepare(Old(steps=20), "gen4d x")
+    with pytest.raises(Gen4DError, match="different configuration"):
+        run.prepare(Newer(steps=20), "gen4d x")  # the new default would change the run halfway
+    assert run.prepare(Newer(steps=20, inner=Inner3(schedule="old")), "gen4d x") is True
+    assert "schedule: old" in run.config_path.read_text()
+
+
+def test_reconstruct_runs_made_before_the_time_schedule_resume_with_every_frame_at_once():
+    from gen4d.recipes.reconstruct import ReconstructConfig
+
+    legacy = legacy_values(ReconstructConfig)
+    assert legacy["train.canonical_window"] == 1.0 and legacy["train.time_curriculum"] == 0.0
+    assert legacy["train.hold_unreached"] is False and legacy["deformation.hexplane.fused_cpu"] is False

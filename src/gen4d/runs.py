@@ -17,6 +17,8 @@ next checkpoint, never a torn one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import time
@@ -72,8 +74,10 @@ class RunDir:
         """Create the run, or check that an existing one was made by the same command and config.
 
         ``config``: the recipe's configuration (a dataclass) or its YAML. A run made before options were added to
-        the configuration (its ``config.yaml`` lacks them) resumes when each added option has its default value;
-        ``config.yaml`` is then brought up to date. Returns True when resuming. Raises Gen4DError (nothing written)
+        the configuration (its ``config.yaml`` lacks them) resumes when each added option has the value that gives
+        the behaviour the run was made with: its default, or its legacy value where a dataclass names one in
+        ``LEGACY`` (an option whose default changed the behaviour, see :func:`legacy_values`); ``config.yaml`` is
+        then brought up to date. Returns True when resuming. Raises Gen4DError (nothing written)
         when ``DIR`` holds another run or other files (entries named in ``keep``, such as the demo's synthesised
         ``data`` folder, are allowed).
         """
@@ -84,7 +88,8 @@ class RunDir:
             old = self.config_path.read_text()
             if old != config_text:
                 defaults = None if isinstance(config, str) else config_yaml(type(config)())  # only needed here
-                added = options_added_since(old, config_text, defaults)
+                legacy = None if isinstance(config, str) else legacy_values(type(config))
+                added = options_added_since(old, config_text, defaults, legacy)
                 if added is None:
                     changed = _changed_lines(old, config_text)
                     raise Gen4DError(
@@ -156,13 +161,28 @@ def _flat(tree, prefix: str = "") -> dict:
     return {prefix: tree}
 
 
-def options_added_since(old: str, new: str, defaults: str | None) -> list[str] | None:
+def legacy_values(cls, prefix: str = "") -> dict:
+    """Dotted key -> legacy value for every option of the dataclass ``cls`` (nested ones too) whose class lists it
+    in a ``LEGACY`` class attribute: the value that reproduces what gen4d did before the option existed, where
+    that is not the option's default."""
+    out = {f"{prefix}{k}": v for k, v in getattr(cls, "LEGACY", {}).items()}
+    for f in dataclasses.fields(cls):
+        kind = f.type if isinstance(f.type, type) else None
+        if kind is None and f.default_factory is not dataclasses.MISSING:
+            kind = type(f.default_factory())
+        if kind is not None and dataclasses.is_dataclass(kind):
+            out.update(legacy_values(kind, f"{prefix}{f.name}."))
+    return out
+
+
+def options_added_since(old: str, new: str, defaults: str | None, legacy: dict | None = None) -> list[str] | None:
     """The options (dotted keys) ``new`` has and ``old`` lacks, when that is the only difference and each has
-    its value in ``defaults``; None otherwise (a changed or removed value, an added option set to another value,
-    or no defaults to check against)."""
+    its value in ``defaults`` (or in ``legacy``, which overrides ``defaults`` key by key); None otherwise (a
+    changed or removed value, an added option set to another value, or no defaults to check against)."""
     if defaults is None:
         return None
     a, b, d = (_flat(yaml.safe_load(text) or {}) for text in (old, new, defaults))
+    d.update(legacy or {})
     if any(k not in b or b[k] != v for k, v in a.items()):
         return None
     added = sorted(set(b) - set(a))

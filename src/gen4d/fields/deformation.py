@@ -55,6 +55,15 @@ class NodeConfig:
     time_frequencies: int = 6
     """Sinusoidal frequencies (``2^k pi``, k < this) encoding the time in [0, 1]."""
 
+    motion: str = "mlp"
+    """How a node's rigid motion depends on time: mlp (one MLP of encoded node position and time) or table (a
+    learned translation and rotation per node at each of ``time_nodes`` knots, linear in between; every knot
+    starts at the identity, and under reconstruction's time curriculum the knots not reached yet hold the motion
+    at the window's edge, so large rotations are tracked frame to frame)."""
+
+    time_nodes: int = 50
+    """Knots of the ``table`` motion over the clip (first at t = 0, last at t = 1)."""
+
     arap_weight: float = 1e-2
     """Weight of the as-rigid-as-possible term of the node graph (:meth:`NodeDeformationField.arap_loss`), a
     relative strain (squared residual over the squared mean edge length), so the weight does not depend on the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ TIME_PLANES: tuple[int, ...] = (3, 4, 5)
 class HexPlaneConfig:
     """Shape and initialisation of a :class:`HexPlane`."""
 
+    LEGACY: ClassVar[dict] = {"fused_cpu": False}
+    """Runs made before the fused lookup resume on ``grid_sample`` (bit for bit what they started with)."""
+
     feature_dim: int = 32
     """Feature channels per plane (F). The output has ``F * len(multires)`` channels."""
 
@@ -54,6 +58,18 @@ class HexPlaneConfig:
     init_range: tuple[float, float] = (0.1, 0.5)
     """Spatial planes (xy, xz, yz) start uniform in this range. Time planes (xt, yt, zt) start at exactly 1.0
     so that, multiplied in, they make the features time-independent: a static scene is the default."""
+
+
+@torch.no_grad()
+def hold_knots_outside(values: Tensor, dim: int, lo: float, hi: float) -> None:
+    """In place: along ``dim`` of ``values`` (knots at clip times ``i / (K - 1)``), the knots that no time in
+    ``[lo, hi]`` reads by linear interpolation take the value of the nearest knot that one does."""
+    last = values.shape[dim] - 1
+    first_used = max(0, min(last, int(math.floor(lo * last))))
+    last_used = max(first_used, min(last, int(math.ceil(hi * last))))
+    values.narrow(dim, 0, first_used).copy_(values.narrow(dim, first_used, 1).expand_as(values.narrow(dim, 0, first_used)))
+    after = last - last_used
+    values.narrow(dim, last_used + 1, after).copy_(values.narrow(dim, last_used, 1).expand_as(values.narrow(dim, last_used + 1, after)))
 
 
 class HexPlane(nn.Module):
@@ -136,12 +152,7 @@ class HexPlane(nn.Module):
         than from the canonical pose (nodes at 1: no motion), which the motion may be far from by then."""
         for planes in self.grids:
             for p in TIME_PLANES:
-                plane = planes[p]
-                last = plane.shape[-2] - 1
-                first_used = max(0, min(last, int(math.floor(lo * last))))
-                last_used = max(first_used, min(last, int(math.ceil(hi * last))))
-                plane[..., :first_used, :] = plane[..., first_used:first_used + 1, :]
-                plane[..., last_used + 1:, :] = plane[..., last_used:last_used + 1, :]
+                hold_knots_outside(planes[p], -2, lo, hi)
 
     # ------------------------------------------------------------------------------------------ regularisers
     # Each regulariser is a sum over scales and over the planes it concerns of a per-plane mean, so its size

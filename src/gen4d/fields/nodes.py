@@ -2,7 +2,9 @@
 
 Each node j has a learned canonical position ``p_j`` and a learned RBF radius ``r_j``; a small MLP maps
 (encoded normalised node position, encoded time) to the node's rigid motion at that time, a translation ``t_j``
-and a rotation ``R_j`` (the unit quaternion ``normalize(1 + dq_j)``). A Gaussian at canonical centre ``x``
+and a rotation ``R_j`` (the unit quaternion ``normalize(1 + dq_j)``) — or, with ``nodes.motion=table``, the
+seven numbers ``(t_j, dq_j)`` are learned directly at ``nodes.time_nodes`` knots over the clip and interpolated
+linearly between them. A Gaussian at canonical centre ``x``
 follows its k nearest nodes (canonical positions) by linear blend skinning::
 
     w_j = exp(-|x - p_j|^2 / (2 r_j^2)) / sum over the k neighbours
@@ -11,7 +13,7 @@ follows its k nearest nodes (canonical positions) by linear blend skinning::
 
 and the field returns these as the additive offsets of :class:`~gen4d.fields.deformation.Deformation`
 (``x' - x`` and ``q' - q``, the latter computed as ``(q_blend - 1) * q`` so it is exactly 0 at the identity).
-The MLP's last layer starts at zero, so a new field is exactly the identity. Composing rotations needs the
+The MLP's last layer (or the table) starts at zero, so a new field is exactly the identity. Composing rotations needs the
 Gaussians' own quaternions (``quats=``; :meth:`gen4d.scene.Scene4D.frame_at` passes them).
 
 Neighbour lists are recomputed from the canonical positions whenever the nodes or the Gaussians change (a
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from ..cameras import normalize, quat_multiply, quat_to_rotmat
 from .deformation import Deformation, DeformationConfig, DeformationField, NodeConfig
+from .hexplane import hold_knots_outside
 
 __all__ = ["NodeConfig", "NodeDeformationField", "farthest_point_sampling"]
 
@@ -57,6 +60,17 @@ def _fourier(x: Tensor, frequencies: int) -> Tensor:
     freqs = math.pi * 2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device)
     a = (x[..., None] * freqs).flatten(-2)
     return torch.cat([x, torch.sin(a), torch.cos(a)], dim=-1)
+
+
+def _lerp_knots(table: Tensor, times: Tensor) -> Tensor:
+    """``table [T, ...]`` (knots at ``i / (T - 1)``) linearly interpolated at ``times [U]`` in [0, 1]: ``[U, ...]``."""
+    last = table.shape[0] - 1
+    if last == 0:
+        return table[:1].expand(times.shape[0], *table.shape[1:])
+    pos = times * last
+    i0 = pos.detach().floor().clamp(0, last - 1).long()
+    f = (pos - i0).reshape(-1, *([1] * (table.dim() - 1)))
+    return table[i0] * (1.0 - f) + table[i0 + 1] * f
 
 
 def _knn(queries: Tensor, points: Tensor, k: int, exclude_self: bool = False) -> Tensor:
@@ -91,7 +105,7 @@ class NodeDeformationField(nn.Module):
     """K control nodes moving rigidly over time, blended onto the Gaussians (see the module docstring).
 
     Parameters: ``positions [K, 3]`` (canonical, world units), ``log_radii [K]``, and the node-motion MLP
-    ``mlp``. Buffers ``aabb_min`` / ``aabb_max``: the box that normalises node positions for the MLP (as in
+    ``mlp`` (or, for ``motion=table``, ``table [time_nodes, K, 7]``). Buffers ``aabb_min`` / ``aabb_max``: the box that normalises node positions for the MLP (as in
     :class:`~gen4d.fields.deformation.DeformationField`). A new field has its nodes at the origin: place them
     with :meth:`init_nodes` (Scene4D.attach_deformation does, from the canonical Gaussians).
     """
@@ -117,8 +131,14 @@ class NodeDeformationField(nn.Module):
             raise ValueError(f"nodes.init must be fps or random, got {nc.init!r}")
         if config.deform_opacity:
             raise ValueError("a node deformation moves and rotates Gaussians only: deform_opacity is not supported")
+        if nc.motion not in ("mlp", "table"):
+            raise ValueError(f"nodes.motion must be mlp or table, got {nc.motion!r}")
+        if nc.time_nodes < 1:
+            raise ValueError(f"nodes.time_nodes must be >= 1, got {nc.time_nodes}")
         self.positions = nn.Parameter(torch.zeros(k, 3))
         self.log_radii = nn.Parameter(torch.zeros(k))
+        # table motion: translation [3] + quaternion offset [4] per knot and node, all zero (the identity)
+        self.table = nn.Parameter(torch.zeros(nc.time_nodes, k, 7)) if nc.motion == "table" else None
         in_dim = 3 * (1 + 2 * max(nc.position_frequencies, 0)) + 1 + 2 * max(nc.time_frequencies, 0)
         layers: list[nn.Module] = []
         for _ in range(nc.layers):
@@ -127,7 +147,7 @@ class NodeDeformationField(nn.Module):
         last = nn.Linear(in_dim, 7)  # translation [3] + quaternion offset [4]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(*layers, last)
+        self.mlp = nn.Sequential(*layers, last) if nc.motion == "mlp" else None
         self.register_buffer("aabb_min", -torch.ones(3))
         self.register_buffer("aabb_max", torch.ones(3))
         self.__dict__["_cache"] = {}
@@ -209,11 +229,14 @@ class NodeDeformationField(nn.Module):
         and translations ``[U, K, 3]`` (a node's position at time t is ``p_j + t_j``)."""
         nc = self.config.nodes
         tt = self._times(times)
-        pos = _fourier(self.normalize_means(self.positions), nc.position_frequencies)  # [K, P]
-        enc_t = _fourier(tt[:, None], nc.time_frequencies)  # [U, T]
-        u, k = tt.shape[0], self.num_nodes
-        x = torch.cat([pos[None].expand(u, k, -1), enc_t[:, None, :].expand(u, k, -1)], dim=-1)
-        out = self.mlp(x)
+        if self.table is not None:
+            out = _lerp_knots(self.table, tt)  # [U, K, 7]
+        else:
+            pos = _fourier(self.normalize_means(self.positions), nc.position_frequencies)  # [K, P]
+            enc_t = _fourier(tt[:, None], nc.time_frequencies)  # [U, T]
+            u, k = tt.shape[0], self.num_nodes
+            x = torch.cat([pos[None].expand(u, k, -1), enc_t[:, None, :].expand(u, k, -1)], dim=-1)
+            out = self.mlp(x)
         identity = out.new_tensor([1.0, 0.0, 0.0, 0.0])
         return normalize(identity + out[..., 3:]), out[..., :3]
 
@@ -300,6 +323,14 @@ class NodeDeformationField(nn.Module):
         return {"arap": w * self.arap_loss(times)}
 
     def optimizer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
-        """The parameters in the two optimiser roles, in order: ``grid`` (node positions and log-radii) and
-        ``mlp`` (the node-motion MLP)."""
+        """The parameters in the two optimiser roles, in order: ``grid`` (node positions and log-radii, and the
+        motion table) and ``mlp`` (the node-motion MLP; empty with a table)."""
+        if self.table is not None:
+            return [("grid", [self.positions, self.log_radii, self.table]), ("mlp", [])]
         return [("grid", [self.positions, self.log_radii]), ("mlp", list(self.mlp.parameters()))]
+
+    def hold_times_outside(self, lo: float, hi: float) -> None:
+        """Table motion: knots outside the window of times ``[lo, hi]`` take the motion at its edges (see
+        :meth:`gen4d.fields.hexplane.HexPlane.hold_times_outside`); an MLP motion has no knots to hold."""
+        if self.table is not None:
+            hold_knots_outside(self.table, 0, lo, hi)

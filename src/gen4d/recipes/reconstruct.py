@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -70,6 +71,9 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     """Optimisation schedule."""
+
+    LEGACY: ClassVar[dict] = {"canonical_window": 1.0, "time_curriculum": 0.0, "hold_unreached": False}
+    """What runs made before these options existed did (every frame at once): such runs resume with these."""
 
     iterations: int = 20_000
     """Total steps over both stages."""
