@@ -18,7 +18,6 @@ next checkpoint, never a torn one.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import time

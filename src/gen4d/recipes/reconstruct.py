@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -137,7 +137,7 @@ PRESETS: dict[str, list[str]] = {
     ],
     # `gen4d demo`: a small synthetic scene fitted on two CPU cores in about two minutes.
     "demo": [
-        "train.iterations=2600", "train.static_fraction=0.2", "train.batch_size=4",
+        "train.iterations=3400", "train.static_fraction=0.2", "train.batch_size=4",
         "train.checkpoint_every=250", "train.preview_every=250", "train.densify_until=0.5",
         "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
         "densify.max_gaussians=4000", "model.init_points=2000",
