@@ -75,7 +75,7 @@ def test_an_added_option_whose_default_changed_the_behaviour_resumes_only_at_its
     assert legacy_values(Newer) == {"inner.schedule": "old"}
     run = RunDir(tmp_path / "run")
     run.prepare(Old(steps=20), "gen4d x")
-    with pytest.raises(Gen4DError, match="different configuration"):
+    with pytest.raises(Gen4DError, match="to resume it as it was made, add inner.schedule=old"):
         run.prepare(Newer(steps=20), "gen4d x")  # the new default would change the run halfway
     assert run.prepare(Newer(steps=20, inner=Inner3(schedule="old")), "gen4d x") is True
     assert "schedule: old" in run.config_path.read_text()

@@ -91,6 +91,12 @@ class RunDir:
                 added = options_added_since(old, config_text, defaults, legacy)
                 if added is None:
                     changed = _changed_lines(old, config_text)
+                    settings = _legacy_settings(old, config_text, legacy)
+                    if settings:
+                        raise Gen4DError(
+                            f"{self.root} holds a run made before options were added to gen4d; to resume it as it was "
+                            f"made, add {' '.join(settings)} (or choose a new --out)"
+                        )
                     raise Gen4DError(
                         f"{self.root} holds a run with a different configuration ({changed}); "
                         "rerun with the same options to resume, or choose a new --out"
@@ -188,6 +194,19 @@ def options_added_since(old: str, new: str, defaults: str | None, legacy: dict |
     if any(k not in d or d[k] != b[k] for k in added):
         return None
     return added
+
+
+def _legacy_settings(old: str, new: str, legacy: dict | None) -> list[str]:
+    """``key=value`` overrides that make ``new`` resume the run of ``old`` when they are all it takes (the options
+    ``old`` lacks whose legacy value differs from ``new``'s); [] otherwise."""
+    if not legacy:
+        return []
+    a, b = (_flat(yaml.safe_load(text) or {}) for text in (old, new))
+    fixes = {k: legacy[k] for k in set(b) - set(a) if k in legacy and b[k] != legacy[k]}
+    patched = {**b, **fixes}
+    if not fixes or any(k not in patched or patched[k] != v for k, v in a.items()):
+        return []
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(fixes.items())]
 
 
 def _changed_lines(old: str, new: str) -> str:

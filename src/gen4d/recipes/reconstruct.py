@@ -1,9 +1,11 @@
 """``reconstruct``: multi-view video (D-NeRF format) -> 4D Gaussians (canonical Gaussians + HexPlane field).
 
 Stages (4D Gaussian Splatting, Wu et al. 2024):
-  1. ``static``  - 3D Gaussians fitted to every training image, time ignored (a warm-up of the canonical space);
+  1. ``static``  - 3D Gaussians fitted to the training images within ``train.canonical_window`` of the clip around
+     ``train.reference_time`` (1: every image), time ignored (a warm-up of the canonical space);
   2. ``dynamic`` - a zero-initialised deformation field is attached (so the stage starts exactly at the static
-     result) and trained jointly with the Gaussians, each image rendered at its own time;
+     result) and trained jointly with the Gaussians, each image rendered at its own time; the images are drawn
+     from a time window that widens to the whole clip over ``train.time_curriculum`` of the stage;
 then evaluation on the test split and the exports.
 Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0.2), plus plane total variation, time smoothness and time-plane L1 on the
 field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended onto the Gaussians;
@@ -92,8 +94,9 @@ class TrainConfig:
     """Share of the dynamic stage over which its time window widens from ``canonical_window`` to the whole clip
     (coarse-to-fine in time: motion is learnt outwards from the reference time; 0: the whole clip from the start)."""
     hold_unreached: bool = True
-    """During the time curriculum, a HexPlane field's time nodes not reached yet hold the motion at the window's
-    edge (so they start from it when reached, not from the canonical pose)."""
+    """During the time curriculum, the field's time knots not reached yet (a HexPlane field's time nodes, a node
+    field's motion table) hold the motion at the window's edge, so they start from it when reached, not from the
+    canonical pose."""
     checkpoint_every: int = 500
     """Steps between checkpoints (resume points)."""
     preview_every: int = 500
@@ -135,13 +138,13 @@ PRESETS: dict[str, list[str]] = {
         "deformation.hexplane.resolution=[32,32,32,16]", "deformation.hexplane.feature_dim=16",
         "export.mesh_resolution=64",
     ],
-    # `gen4d demo`: a small synthetic scene fitted on two CPU cores in about two minutes.
+    # `gen4d demo`: a small synthetic scene fitted on two CPU cores in under three minutes.
     "demo": [
         "train.iterations=3400", "train.static_fraction=0.2", "train.batch_size=4",
         "train.checkpoint_every=250", "train.preview_every=250", "train.densify_until=0.5",
         "densify.refine_start=100", "densify.refine_every=100", "densify.reset_opacity_every=0",
         "densify.max_gaussians=4000", "model.init_points=2000",
-        # several views per time: the canonical fit to every frame does better here (31.8 vs 30.8 dB, bench/RESULTS.md)
+        # several views per time: every frame at once did better here (31.8 dB against 30.8 with the curriculum)
         "train.canonical_window=1.0", "train.time_curriculum=0.0",
         "lr.means=1.6e-3", "lr.means_final=1.6e-5", "lr.grid=4e-3", "lr.mlp=4e-4",
         "deformation.hexplane.resolution=[32,32,32,16]", "deformation.hexplane.feature_dim=16",
