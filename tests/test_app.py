@@ -3,6 +3,7 @@ and resume it; hostile upload names stay inside the runs folder; bad uploads giv
 page has a tab per command with every recipe of the registry."""
 
 import dataclasses
+import os
 import re
 import shutil
 import zipfile
@@ -229,3 +230,15 @@ def test_app_on_a_taken_port_says_so_in_one_line(tmp_path, capsys):
         assert main(["app", "--port", str(port), "--runs", str(tmp_path / "runs"), "--models", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}: the port is taken") and "\n" not in err
+
+
+def test_newest_preview_skips_files_being_written(tmp_path):
+    from gen4d.app.jobs import newest_preview
+
+    folder = tmp_path / "stages" / "dynamic" / "preview"
+    folder.mkdir(parents=True)
+    assert newest_preview(tmp_path) is None
+    for i, name in enumerate(["step_000002.png", "step_000004.png", ".step_000006.x1y2.tmp.png"]):
+        (folder / name).write_bytes(b"png")
+        os.utime(folder / name, ns=(10**9 * (i + 1), 10**9 * (i + 1)))
+    assert newest_preview(tmp_path) == str(folder / "step_000004.png")  # the newer hidden temporary file is skipped

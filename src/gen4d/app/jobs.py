@@ -375,10 +375,19 @@ class JobRunner:
 
 
 def newest_preview(run_dir: Path) -> str | None:
-    images = [p for p in run_dir.glob("stages/*/preview/*.png")]
-    if not images:
-        return None
-    return str(max(images, key=lambda p: p.stat().st_mtime_ns))
+    """The most recently written preview image of the run, or None. Files being written (the hidden temporary
+    names of atomic writes) are skipped, and so is a file that disappears between listing and reading it."""
+    newest, newest_time = None, -1
+    for p in run_dir.glob("stages/*/preview/*.png"):
+        if p.name.startswith("."):
+            continue
+        try:
+            t = p.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+        if t > newest_time:
+            newest, newest_time = p, t
+    return None if newest is None else str(newest)
 
 
 @dataclass
