@@ -8,9 +8,10 @@ their backward (``grid_sample``'s CPU backward is the slowest part of a CPU trai
 gradient of sample ``p`` is the output gradient times the product of the *other* five samples, which is spread
 onto the four corner nodes of plane ``p`` and onto the point's two coordinates.
 
-Planes are passed channels-last (``[H, W, F]``, contiguous). Points run in parallel (``prange``) in a fixed
-number of contiguous chunks; each chunk accumulates its plane gradients in its own buffer and the buffers are
-summed in chunk order, so results are deterministic for a given chunk count.
+Planes are passed channels-last (``[H, W, F]``, contiguous). The forward pass runs points in parallel
+(``prange``) and keeps the six samples for the backward pass. The backward pass splits the points into one
+contiguous chunk per numba thread; each chunk accumulates its plane gradients in its own buffer and the buffers
+are summed in chunk order, so results are deterministic for a given thread count.
 """
 
 from __future__ import annotations
