@@ -38,3 +38,26 @@ def test_reconstruct_refuses_zero_initial_points_before_writing(tmp_path, capsys
     assert main(["reconstruct", str(tmp_path / "scene"), "--out", str(tmp_path / "run"), "model.init_points=0"]) == 2
     assert "init_points must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _raise_from_kernel(cause: BaseException):
+    def cmd(args):
+        try:
+            raise cause
+        except BaseException as e:
+            raise SystemError("CPUDispatcher(<function kernel>) returned a result with an exception set") from e
+
+    return cmd
+
+
+def test_ctrl_c_inside_a_compiled_kernel_is_an_interruption(monkeypatch, capsys):
+    """Ctrl-C landing inside a numba kernel surfaces as a SystemError caused by KeyboardInterrupt: exit 130 as Ctrl-C
+    anywhere else (the web app's stop relies on it), while any other SystemError is still raised."""
+    import gen4d.cli as cli
+
+    monkeypatch.setattr(cli, "cmd_models", _raise_from_kernel(KeyboardInterrupt()))
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted; rerun the same command")
+    monkeypatch.setattr(cli, "cmd_models", _raise_from_kernel(ValueError("a real bug")))
+    with pytest.raises(SystemError):
+        main(["models"])

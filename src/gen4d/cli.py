@@ -349,8 +349,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemError as e:
+        # Ctrl-C that lands inside a compiled (numba) kernel comes back as "returned a result with an exception set",
+        # a SystemError whose cause is the KeyboardInterrupt: it is the same interruption.
+        if not _caused_by_interrupt(e):
+            raise
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 if __name__ == "__main__":
