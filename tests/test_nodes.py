@@ -450,3 +450,77 @@ def test_bad_deformation_type_is_a_one_line_error(scene_dir, tmp_path, capsys):
     assert main(["reconstruct", str(scene_dir), "--out", str(tmp_path / "run"), "--quiet", *TINY, "deformation.type=bones"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "deformation.type" in err and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------- node refinement
+def test_refine_nodes_drops_unfollowed_nodes_covers_far_gaussians_and_keeps_the_rest_as_it_was():
+    model = _gaussians(200)
+    scene = Scene4D(model).attach_deformation(_config("nodes", count=16, motion="table", time_nodes=5), seed=0)
+    field = scene.deformation
+    _perturb(field, scale=0.05)
+    with torch.no_grad():
+        field.positions[3] = torch.tensor([40.0, 0.0, 0.0])  # a node no Gaussian follows
+    opt = deformation_optimizer(scene, LearningRates(), 1.0)
+    field.table.grad = torch.randn_like(field.table)
+    field.positions.grad = torch.randn_like(field.positions)
+    field.log_radii.grad = torch.randn_like(field.log_radii)
+    opt.step()  # moments to keep
+    # a far cluster of Gaussians (densification put them there): out of every node's reach
+    far = torch.tensor([6.0, 0.0, 0.0]) + 0.3 * torch.randn(30, 3, generator=torch.Generator().manual_seed(2))
+    means = torch.cat([model.params["means"].detach(), far])
+    before = {k: v.detach().clone() for k, v in (("pos", field.positions), ("rad", field.log_radii), ("table", field.table))}
+    moments = {k: opt.state[p]["exp_avg"].clone() for k, p in (("pos", field.positions), ("table", field.table))}
+    old_d = field(model.params["means"], 0.4, quats=model.params["quats"]).d_means
+
+    report = field.refine_nodes(means, opt)
+
+    kept = [i for i in range(16) if i != 3]
+    assert report["pruned"] == 1 and report["grown"] >= 1 and field.num_nodes == 15 + report["grown"]
+    assert torch.equal(field.positions[:15], before["pos"][kept])
+    assert torch.equal(field.table[:, :15], before["table"][:, kept])
+    assert torch.equal(opt.state[field.positions]["exp_avg"][:15], moments["pos"][kept])
+    assert torch.equal(opt.state[field.table]["exp_avg"][:, :15], moments["table"][:, kept])
+    assert not opt.state[field.positions]["exp_avg"][15:].any() and not opt.state[field.table]["exp_avg"][:, 15:].any()
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(field.positions), id(field.log_radii), id(field.table)}
+    # every Gaussian is now within reach; the new nodes sit on far Gaussians and move as their parent node did
+    d = (means[:, None] - field.positions[None]).norm(dim=-1)
+    near = d.argmin(1)
+    assert (d.min(1).values <= 2.0 * field.log_radii.exp()[near] + 1e-6).all()
+    new = field.positions[15:]
+    assert ((new[:, None] - far[None]).norm(dim=-1).min(1).values < 1e-6).all()
+    for j in range(15, field.num_nodes):
+        parent = [i for i in range(15) if torch.equal(field.table[:, i], field.table[:, j])]
+        assert parent and torch.equal(field.log_radii[j], field.log_radii[parent[0]])
+    # Gaussians whose nearest nodes are unchanged deform exactly as before; the optimiser still steps
+    nbrs = field.gaussian_neighbours(model.params["means"])
+    same = (nbrs < 15).all(1)
+    assert same.sum() > 150
+    new_d = field(model.params["means"], 0.4, quats=model.params["quats"]).d_means
+    assert torch.allclose(new_d[same], old_d[same], atol=1e-6)
+    field.table.grad = torch.ones_like(field.table)
+    opt.step()
+    # a cap on the node count stops growth; nothing to do is reported as such
+    capped = Scene4D(_gaussians(200)).attach_deformation(_config("nodes", count=16, max_count=16), seed=0).deformation
+    assert capped.refine_nodes(torch.cat([model.params["means"].detach(), far]))["grown"] == 0 and capped.num_nodes <= 16
+    assert field.refine_nodes(means, opt) == {"grown": 0, "pruned": 0}
+    off = Scene4D(_gaussians(200)).attach_deformation(_config("nodes", count=16, refine=False), seed=0).deformation
+    assert off.refine_nodes(means) == {} and off.num_nodes == 16
+
+
+def test_reconstruct_growing_nodes_resumes_identically(scene_dir, tmp_path):
+    """Nodes grown during the dynamic stage (a short reach, so that they are) are checkpointed with their Adam
+    moments: a run interrupted after the node set changed and resumed ends bit-identical to an uninterrupted one."""
+    cfg = build_config("default", TINY + ["export.formats=[]", "deformation.nodes.grow_distance=0.7",
+                                          "deformation.nodes.motion=table"], {"data": str(scene_dir)})
+    run_reconstruct(cfg, tmp_path / "straight", quiet=True)
+    params = _final(tmp_path / "straight")
+    assert params["model.deformation.positions"].shape[0] > 32  # the node set grew
+    assert params["model.deformation.table"].shape[1] == params["model.deformation.positions"].shape[0]
+    assert run_reconstruct(cfg, tmp_path / "resumed", quiet=True, stop_after_step=14) == {}
+    grown = load_file(str(tmp_path / "resumed" / "stages" / "dynamic" / "checkpoint.safetensors"))
+    assert grown["model.deformation.positions"].shape[0] > 32  # interrupted after growth
+    run_reconstruct(cfg, tmp_path / "resumed", quiet=True)
+    resumed = _final(tmp_path / "resumed")
+    assert params.keys() == resumed.keys()
+    for k in params:
+        assert torch.equal(params[k], resumed[k]), k

@@ -166,6 +166,31 @@ def test_sampler_keeps_to_the_time_window_and_is_unchanged_without_one(tmp_path)
         torch.testing.assert_close(d[1:], torch.randint(len(train.times), (1,), generator=g3))
 
 
+
+def test_edge_band_holds_the_times_last_reached_and_edge_share_draws_from_it(tmp_path):
+    write_synthetic_scene("bouncing_balls", tmp_path, resolution=8, train_times=21, test_views=1, seed=0, layout="monocular")
+    train = load_dnerf(tmp_path, "train")
+    data = TrainingData(train, torch.device("cpu"))
+    t = train.times
+    band = data.edge_band((0.3, 0.7), 0.06)
+    assert set(t[band].tolist()) == set(t[((t >= 0.3) & (t <= 0.36)) | ((t >= 0.64) & (t <= 0.7))].tolist())
+    assert set(t[data.edge_band((0.0, 0.4), 0.06)].tolist()) == set(t[(t >= 0.34) & (t <= 0.4)].tolist())  # 0 reaches nothing new
+    assert data.edge_band(None, 0.06) is None and data.edge_band((0.3, 0.7), 0.0) is None
+    g = torch.Generator().manual_seed(0)
+    firsts = torch.stack([data.sample(2, g, (0.3, 0.7), band, 1.0)[0] for _ in range(100)])
+    assert torch.isin(firsts, band).all()
+    seconds = torch.cat([data.sample(2, g, (0.3, 0.7), band, 1.0)[1:] for _ in range(100)])
+    assert (~torch.isin(seconds, band)).any() and ((t[seconds] >= 0.3) & (t[seconds] <= 0.7)).all()  # the rest: the window
+    half = torch.stack([data.sample(2, g, (0.3, 0.7), band, 0.5)[0] for _ in range(400)])
+    share = float(torch.isin(half, band).float().mean())
+    in_band = len(band) / int(((t >= 0.3) & (t <= 0.7)).sum())
+    assert abs(share - (0.5 + 0.5 * in_band)) < 0.08
+    # edge_share 0 draws exactly what a sampler without a band draws
+    ga, gb = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(20):
+        assert torch.equal(data.sample(2, ga, (0.3, 0.7), band, 0.0), data.sample(2, gb, (0.3, 0.7)))
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def _write_frames(root: Path, frames_train, size=(8, 8), sizes=None):
     root.mkdir(parents=True, exist_ok=True)

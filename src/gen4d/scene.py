@@ -81,8 +81,20 @@ class Scene4D(nn.Module):
         self.deformation = field
         return self
 
+    def refine_deformation(self, optimizers: dict) -> dict[str, int]:
+        """After the Gaussians were densified or pruned: a node field adds nodes where Gaussians lie beyond its
+        nodes' reach and drops nodes no Gaussian follows (``nodes.refine``), editing the ``deformation``
+        optimiser to match. Other fields have nothing to refine."""
+        refine = getattr(self.deformation, "refine_nodes", None)
+        if refine is None:
+            return {}
+        return refine(self.gaussians.params["means"], optimizers.get("deformation"))
+
     def summary(self) -> dict:
-        return {"num_gaussians": len(self.gaussians)}
+        out = {"num_gaussians": len(self.gaussians)}
+        if isinstance(self.deformation, NodeDeformationField):
+            out["num_nodes"] = self.deformation.num_nodes
+        return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``static``: the canonical Gaussians' parameters; ``dynamic``: the deformation field's (empty without one)."""

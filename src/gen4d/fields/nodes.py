@@ -18,7 +18,8 @@ Gaussians' own quaternions (``quats=``; :meth:`gen4d.scene.Scene4D.frame_at` pas
 
 Neighbour lists are recomputed from the canonical positions whenever the nodes or the Gaussians change (a
 cache keyed on the tensors' identity, version and shape, so densification and every optimiser step refresh it).
-Nodes are neither densified nor pruned.
+With ``nodes.refine`` the node set follows the Gaussians' densification (:meth:`NodeDeformationField.refine_nodes`):
+nodes no Gaussian follows are removed, and nodes are added where Gaussians lie out of the nodes' reach.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cameras import normalize, quat_multiply, quat_to_rotmat
+from ..gaussians.strategy import swap_parameter
 from .deformation import Deformation, DeformationConfig, DeformationField, NodeConfig
 from .hexplane import hold_knots_outside
 
@@ -88,6 +90,12 @@ def _knn(queries: Tensor, points: Tensor, k: int, exclude_self: bool = False) ->
     if not out:
         return torch.empty(0, k, dtype=torch.long, device=queries.device)
     return torch.cat(out)
+
+
+def _nearest(queries: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    """Distance ``[Q]`` to, and index ``[Q]`` of, the nearest of ``points`` to each query."""
+    idx = _knn(queries, points, 1)[:, 0]
+    return (queries - points[idx]).norm(dim=-1), idx
 
 
 def _cache_key(*tensors: Tensor) -> tuple | None:
@@ -189,6 +197,63 @@ class NodeDeformationField(nn.Module):
             radii = torch.full((k,), 0.5 * size, dtype=pts.dtype, device=pts.device)
         self.log_radii.copy_(radii.clamp_min(floor).log())
         self._cache.clear()
+
+    # ------------------------------------------------------------------------------------------ refinement
+    @torch.no_grad()
+    def refine_nodes(self, means: Tensor, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+        """Make the node set follow the canonical Gaussians ``means [N, 3]`` (``nodes.refine``; see
+        :class:`NodeConfig`): remove the nodes no Gaussian follows, then add nodes on the Gaussians out of reach,
+        each new node taking its nearest node's radius and motion (table knots; an MLP motion is a function of the
+        node's position). ``optimizer``: the one holding this field's parameters, edited to match (the moments of
+        kept nodes kept, new nodes' zero). Returns the numbers of nodes ``grown`` and ``pruned``."""
+        nc = self.config.nodes
+        if not nc.refine or means.shape[0] == 0:
+            return {}
+        x = means.detach().to(self.positions)
+        k = self.num_nodes
+        used = torch.zeros(k, dtype=torch.bool, device=x.device)
+        used[_knn(x, self.positions.detach(), self.neighbours).reshape(-1)] = True
+        keep = used.nonzero().squeeze(-1)
+        # growth: greedily cover the Gaussians beyond grow_distance radii of their nearest node, farthest first
+        pos, radii = self.positions.detach()[keep], self.log_radii.detach()[keep].exp()
+        dist, near = _nearest(x, pos)  # every Gaussian follows some node, so at least one is kept
+        reach = nc.grow_distance * radii[near]
+        parents: list[int] = []  # per new node: the kept node whose radius and motion it takes
+        spots: list[Tensor] = []
+        room = nc.max_count - len(keep)
+        while room > len(parents):
+            excess = dist / reach
+            i = int(excess.argmax())
+            if float(excess[i]) <= 1.0:
+                break
+            parents.append(int(near[i]))
+            spots.append(x[i])
+            d_new = (x - x[i]).norm(dim=-1)
+            closer = d_new < dist  # the new node is now these Gaussians' nearest
+            dist = torch.where(closer, d_new, dist)
+            reach = torch.where(closer, reach[i].expand_as(reach), reach)
+        pruned, grown = k - len(keep), len(parents)
+        if not pruned and not grown:
+            return {"grown": 0, "pruned": 0}
+        src = torch.cat([keep, keep[torch.tensor(parents, dtype=torch.long, device=x.device)]]) if grown else keep
+        new_pos = torch.cat([pos, torch.stack(spots)]) if grown else pos
+        fresh = torch.arange(len(src), device=x.device) >= len(keep)  # Adam moments start at zero for new nodes
+
+        def moments(dim: int):
+            def fn(_: str, m: Tensor) -> Tensor:
+                m = m.index_select(dim, src)
+                shape = [1] * m.dim()
+                shape[dim] = len(src)
+                return m * (~fresh).reshape(shape).to(m.dtype)
+
+            return fn
+
+        self.positions = swap_parameter(optimizer, self.positions, new_pos, moments(0))
+        self.log_radii = swap_parameter(optimizer, self.log_radii, self.log_radii.detach()[src], moments(0))
+        if self.table is not None:
+            self.table = swap_parameter(optimizer, self.table, self.table.detach()[:, src], moments(1))
+        self._cache.clear()
+        return {"grown": grown, "pruned": pruned}
 
     # ------------------------------------------------------------------------------------------ neighbours
     def _cached(self, name: str, key: tuple | None, compute):

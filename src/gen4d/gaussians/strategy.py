@@ -61,15 +61,21 @@ def replace_parameters(
     ``state_fn(key, old_moment)``, keeping each optimiser pointing at the new tensors."""
     for name in list(model.params.keys()):
         old = model.params[name]
-        new = torch.nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
-        opt = optimizers.get(name)
-        if opt is not None:
-            state = opt.state.pop(old, None)
-            for group in opt.param_groups:
-                group["params"] = [new if p is old else p for p in group["params"]]
-            if state is not None:
-                opt.state[new] = {k: (state_fn(k, v) if k != "step" else v) for k, v in state.items()}
-        model.params[name] = new
+        model.params[name] = swap_parameter(optimizers.get(name), old, param_fn(name, old.detach()), state_fn)
+
+
+def swap_parameter(optimizer: torch.optim.Optimizer | None, old: Tensor, value: Tensor,
+                   state_fn: Callable[[str, Tensor], Tensor]) -> torch.nn.Parameter:
+    """A new parameter holding ``value`` that takes ``old``'s place in ``optimizer`` (if any, in whichever group
+    holds it), with each Adam moment of ``old`` mapped by ``state_fn(key, moment)`` (the step count kept)."""
+    new = torch.nn.Parameter(value, requires_grad=old.requires_grad)
+    if optimizer is not None:
+        state = optimizer.state.pop(old, None)
+        for group in optimizer.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        if state is not None:
+            optimizer.state[new] = {k: (state_fn(k, v) if k != "step" else v) for k, v in state.items()}
+    return new
 
 
 @torch.no_grad()
@@ -159,7 +165,8 @@ class DensifyStrategy:
     def step_post_backward(
         self, model: GaussianModel, optimizers: dict, step: int, info: dict | list[dict], generator: torch.Generator | None = None
     ) -> dict[str, int]:
-        """Accumulate statistics, then grow / prune / reset on schedule. Returns counts of what changed."""
+        """Accumulate statistics, then grow / prune / reset on schedule. Returns counts of what changed (and
+        ``refined: 1`` at a refinement step)."""
         cfg = self.config
         if step >= cfg.refine_stop:
             return {}
@@ -169,6 +176,7 @@ class DensifyStrategy:
         if step > cfg.refine_start and step % cfg.refine_every == 0:
             report.update(self._grow(model, optimizers, generator))
             report.update(self._prune(model, optimizers, step))
+            report["refined"] = 1
             self.grad2d = torch.zeros(len(model), device=model.params["means"].device)
             self.count = torch.zeros_like(self.grad2d)
         if cfg.reset_opacity_every > 0 and step > 0 and step % cfg.reset_opacity_every == 0:

@@ -97,6 +97,12 @@ class TrainConfig:
     """During the time curriculum, the field's time knots not reached yet (a HexPlane field's time nodes, a node
     field's motion table) hold the motion at the window's edge, so they start from it when reached, not from the
     canonical pose."""
+    edge_share: float = 0.0
+    """During the time curriculum, the share of steps whose first image is drawn from the times the window reached
+    last (within ``edge_band`` of its edges) rather than uniformly from the window: newly reached frames are
+    fitted before the window moves on (frame-to-frame tracking)."""
+    edge_band: float = 0.05
+    """Width (share of the clip) of the band at each edge of the time window that ``edge_share`` draws from."""
     checkpoint_every: int = 500
     """Steps between checkpoints (resume points)."""
     preview_every: int = 500
@@ -187,13 +193,34 @@ class TrainingData:
             inside = torch.nonzero(gap == gap.min()).squeeze(-1)
         return inside
 
-    def sample(self, batch_size: int, generator: torch.Generator, window: tuple[float, float] | None = None) -> torch.Tensor:
-        """A batch of image indices: the first drawn uniformly (from the images inside the time ``window``, if given),
-        the rest at its time; with one view per time (monocular) the rest are drawn like the first."""
+    def edge_band(self, window: tuple[float, float] | None, band: float) -> torch.Tensor | None:
+        """Indices of the images inside ``window`` within ``band`` (clip time) of its inner edges, the times the
+        window reached last (an edge at 0 or 1 reaches nothing new); None when there are none or no window."""
+        if window is None or band <= 0:
+            return None
+        lo, hi = window
+        near = torch.zeros_like(self.times, dtype=torch.bool)
+        if lo > 0.0:
+            near |= (self.times >= lo) & (self.times <= lo + band)
+        if hi < 1.0:
+            near |= (self.times <= hi) & (self.times >= hi - band)
+        idx = torch.nonzero(near).squeeze(-1)
+        return idx if len(idx) else None
+
+    def sample(self, batch_size: int, generator: torch.Generator, window: tuple[float, float] | None = None,
+               edge: torch.Tensor | None = None, edge_share: float = 0.0) -> torch.Tensor:
+        """A batch of image indices: the first drawn uniformly (from the images inside the time ``window``, if given;
+        with probability ``edge_share`` from ``edge`` instead), the rest at its time; with one view per time
+        (monocular) the rest are drawn uniformly from the window."""
         pool = self.in_window(window)
         draw = len(self.images) if pool is None else len(pool)
-        first = int(torch.randint(draw, (1,), generator=generator))
-        first = first if pool is None else int(pool[first])
+        first_pool = pool
+        if edge is not None and edge_share > 0 and float(torch.rand((), generator=generator)) < edge_share:
+            first_pool = edge
+        if first_pool is None:
+            first = int(torch.randint(draw, (1,), generator=generator))
+        else:
+            first = int(first_pool[int(torch.randint(len(first_pool), (1,), generator=generator))])
         same_time = self.groups[int(self.group_of[first])]
         others = same_time[same_time != first]
         others = others[torch.randperm(len(others), generator=generator)][: batch_size - 1]
@@ -277,7 +304,8 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
             hold = getattr(scene.deformation, "hold_times_outside", None)
             if deform and window is not None and hold is not None and t_cfg.hold_unreached:
                 hold(*window)  # times not reached yet start from the motion at the window's edge
-            idx = data.sample(cfg.train.batch_size, generator, window)
+            edge = data.edge_band(window, t_cfg.edge_band) if deform else None
+            idx = data.sample(cfg.train.batch_size, generator, window, edge, t_cfg.edge_share)
             if random_bg:
                 step_bg = torch.rand(3, generator=generator).to(device)
                 target = data.premultiplied[idx] + (1.0 - data.alphas[idx]) * step_bg

@@ -344,7 +344,10 @@ def _default_update(stage: Stage, model, optimizers: dict, step: int, generator:
     if stage.strategy is not None:
         # after the optimiser step (gsplat's strategy contract): densification replaces the parameter tensors, and
         # new tensors carry no gradient, so densifying first would drop this step's update
-        stage.strategy.step_post_backward(model.gaussians, optimizers, step, out.meta, generator)
+        report = stage.strategy.step_post_backward(model.gaussians, optimizers, step, out.meta, generator)
+        follow = getattr(model, "refine_deformation", None)
+        if report.get("refined") and callable(follow):
+            follow(optimizers)  # a field with its own structure (control nodes) follows the new set of Gaussians
     return {"loss": float(total.detach())}
 
 
