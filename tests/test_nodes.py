@@ -455,7 +455,7 @@ def test_bad_deformation_type_is_a_one_line_error(scene_dir, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------- node refinement
 def test_refine_nodes_drops_unfollowed_nodes_covers_far_gaussians_and_keeps_the_rest_as_it_was():
     model = _gaussians(200)
-    scene = Scene4D(model).attach_deformation(_config("nodes", count=16, motion="table", time_nodes=5), seed=0)
+    scene = Scene4D(model).attach_deformation(_config("nodes", count=16, motion="table", time_nodes=5, refine=True), seed=0)
     field = scene.deformation
     _perturb(field, scale=0.05)
     with torch.no_grad():
@@ -500,7 +500,7 @@ def test_refine_nodes_drops_unfollowed_nodes_covers_far_gaussians_and_keeps_the_
     field.table.grad = torch.ones_like(field.table)
     opt.step()
     # a cap on the node count stops growth; nothing to do is reported as such
-    capped = Scene4D(_gaussians(200)).attach_deformation(_config("nodes", count=16, max_count=16), seed=0).deformation
+    capped = Scene4D(_gaussians(200)).attach_deformation(_config("nodes", count=16, max_count=16, refine=True), seed=0).deformation
     assert capped.refine_nodes(torch.cat([model.params["means"].detach(), far]))["grown"] == 0 and capped.num_nodes <= 16
     assert field.refine_nodes(means, opt) == {"grown": 0, "pruned": 0}
     off = Scene4D(_gaussians(200)).attach_deformation(_config("nodes", count=16, refine=False), seed=0).deformation
@@ -510,7 +510,7 @@ def test_refine_nodes_drops_unfollowed_nodes_covers_far_gaussians_and_keeps_the_
 def test_reconstruct_growing_nodes_resumes_identically(scene_dir, tmp_path):
     """Nodes grown during the dynamic stage (a short reach, so that they are) are checkpointed with their Adam
     moments: a run interrupted after the node set changed and resumed ends bit-identical to an uninterrupted one."""
-    cfg = build_config("default", TINY + ["export.formats=[]", "deformation.nodes.grow_distance=0.7",
+    cfg = build_config("default", TINY + ["export.formats=[]", "deformation.nodes.refine=true", "deformation.nodes.grow_distance=0.7",
                                           "deformation.nodes.motion=table"], {"data": str(scene_dir)})
     run_reconstruct(cfg, tmp_path / "straight", quiet=True)
     params = _final(tmp_path / "straight")

@@ -13,7 +13,6 @@ training starts from the static (canonical) scene.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +28,6 @@ class NodeConfig:
     """A sparse control-point ("nodes") deformation (``DeformationConfig.type=nodes``): K nodes with learned
     canonical positions and radii, each moved rigidly over time by a small MLP; every Gaussian follows its
     ``neighbours`` nearest nodes by linear blend skinning (see :mod:`gen4d.fields.nodes`)."""
-
-    LEGACY: ClassVar[dict] = {"refine": False}
-    """Runs made before node refinement existed kept a fixed node set: they resume with it."""
 
     count: int = 512
     """Number of nodes K (fewer when the canonical scene has fewer Gaussians when the field is attached)."""
@@ -68,11 +64,12 @@ class NodeConfig:
     time_nodes: int = 50
     """Knots of the ``table`` motion over the clip (first at t = 0, last at t = 1)."""
 
-    refine: bool = True
+    refine: bool = False
     """Whenever the Gaussians are densified or pruned, refine the node set to follow them: a node no Gaussian
     follows (in no Gaussian's ``neighbours`` nearest) is removed, and a node is added on each Gaussian lying
     beyond ``grow_distance`` radii of its nearest node (greedily, farthest first, each new node covering those
-    near it), with that node's radius and motion, up to ``max_count`` nodes."""
+    near it), with that node's radius and motion, up to ``max_count`` nodes. Off by default: on the windmill
+    scene it grew the nodes to the cap and did worse (bench/RESULTS.md)."""
 
     grow_distance: float = 2.0
     """A Gaussian farther than this many radii from its nearest node is out of the nodes' reach (``refine``)."""

@@ -74,7 +74,7 @@ class LossConfig:
 class TrainConfig:
     """Optimisation schedule."""
 
-    LEGACY: ClassVar[dict] = {"canonical_window": 1.0, "time_curriculum": 0.0, "hold_unreached": False}
+    LEGACY: ClassVar[dict] = {"canonical_window": 1.0, "time_curriculum": 0.0, "hold_unreached": False, "edge_share": 0.0}
     """What runs made before these options existed did (every frame at once): such runs resume with these."""
 
     iterations: int = 20_000
@@ -97,10 +97,10 @@ class TrainConfig:
     """During the time curriculum, the field's time knots not reached yet (a HexPlane field's time nodes, a node
     field's motion table) hold the motion at the window's edge, so they start from it when reached, not from the
     canonical pose."""
-    edge_share: float = 0.0
+    edge_share: float = 0.5
     """During the time curriculum, the share of steps whose first image is drawn from the times the window reached
     last (within ``edge_band`` of its edges) rather than uniformly from the window: newly reached frames are
-    fitted before the window moves on (frame-to-frame tracking)."""
+    fitted before the window moves on (frame-to-frame tracking; 0: uniformly from the window)."""
     edge_band: float = 0.05
     """Width (share of the clip) of the band at each edge of the time window that ``edge_share`` draws from."""
     checkpoint_every: int = 500
