@@ -87,3 +87,4 @@ def test_reconstruct_runs_made_before_the_time_schedule_resume_with_every_frame_
     legacy = legacy_values(ReconstructConfig)
     assert legacy["train.canonical_window"] == 1.0 and legacy["train.time_curriculum"] == 0.0
     assert legacy["train.hold_unreached"] is False and legacy["deformation.hexplane.fused_cpu"] is False
+    assert legacy["train.edge_share"] == 0.0  # runs made before tracking drew uniformly from the window
