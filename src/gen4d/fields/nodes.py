@@ -92,12 +92,6 @@ def _knn(queries: Tensor, points: Tensor, k: int, exclude_self: bool = False) ->
     return torch.cat(out)
 
 
-def _nearest(queries: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
-    """Distance ``[Q]`` to, and index ``[Q]`` of, the nearest of ``points`` to each query."""
-    idx = _knn(queries, points, 1)[:, 0]
-    return (queries - points[idx]).norm(dim=-1), idx
-
-
 def _cache_key(*tensors: Tensor) -> tuple | None:
     key = []
     for t in tensors:
@@ -211,12 +205,16 @@ class NodeDeformationField(nn.Module):
             return {}
         x = means.detach().to(self.positions)
         k = self.num_nodes
+        nbr = self.gaussian_neighbours(means)  # [N, k], nearest first
         used = torch.zeros(k, dtype=torch.bool, device=x.device)
-        used[_knn(x, self.positions.detach(), self.neighbours).reshape(-1)] = True
-        keep = used.nonzero().squeeze(-1)
+        used[nbr.reshape(-1)] = True
+        keep = used.nonzero().squeeze(-1)  # every Gaussian follows some node, so at least one is kept
         # growth: greedily cover the Gaussians beyond grow_distance radii of their nearest node, farthest first
         pos, radii = self.positions.detach()[keep], self.log_radii.detach()[keep].exp()
-        dist, near = _nearest(x, pos)  # every Gaussian follows some node, so at least one is kept
+        kept_index = torch.full((k,), -1, dtype=torch.long, device=x.device)
+        kept_index[keep] = torch.arange(len(keep), device=x.device)
+        near = kept_index[nbr[:, 0]]  # a Gaussian's nearest node is one it follows, so it is kept
+        dist = (x - pos[near]).norm(dim=-1)
         reach = nc.grow_distance * radii[near]
         parents: list[int] = []  # per new node: the kept node whose radius and motion it takes
         spots: list[Tensor] = []
