@@ -38,15 +38,16 @@ DEFAULT_SCENES = ("windmill", "walker", "chain", "jumping_jacks")
 DEFAULT_TYPES = ("hexplane", "nodes")
 # Training schedules (``--schedules``): reconstruct overrides. ``all-times``: the static stage fits every frame
 # (time ignored) and the dynamic stage sees the whole clip from its first step; ``curriculum``: canonical
-# Gaussians from the frames around mid-clip, then a time window widening to the whole clip over the first quarter
-# of the dynamic stage, time nodes not reached yet holding the motion at the window's edge, frames drawn uniformly
-# from the window; ``tracking`` (the default): the same, half the steps drawing from the times the window reached
-# last (frame-to-frame tracking); ``slow-tracking``: tracking with the window widening over half the stage.
+# Gaussians from the frames within 5 % of the clip around mid-clip, then a time window widening to the whole clip
+# over the first quarter of the dynamic stage, time nodes not reached yet holding the motion at the window's edge,
+# frames drawn uniformly from the window; ``tracking`` (the default): the same from 10 % of the clip around
+# mid-clip, half the steps drawing from the times the window reached last (frame-to-frame tracking);
+# ``slow-tracking``: tracking with the window widening over half the stage.
 SCHEDULES = {
     "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false", "train.edge_share=0.0"],
     "curriculum": ["train.canonical_window=0.05", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.0"],
-    "tracking": ["train.canonical_window=0.05", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.5"],
-    "slow-tracking": ["train.canonical_window=0.05", "train.time_curriculum=0.5", "train.hold_unreached=true", "train.edge_share=0.5"],
+    "tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.5"],
+    "slow-tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.5", "train.hold_unreached=true", "train.edge_share=0.5"],
 }
 DEFAULT_SCHEDULES = ("all-times", "tracking")
 # --dry-run: sizes and settings small enough for a test on a CPU.

@@ -6,7 +6,7 @@ import torch
 
 from gen4d.cameras import frame_times
 from gen4d.fields.deformation import Deformation, DeformationConfig, DeformationField
-from gen4d.fields.hexplane import PLANE_NAMES, HexPlane, HexPlaneConfig
+from gen4d.fields.hexplane import PLANE_NAMES, TIME_PLANES, HexPlane, HexPlaneConfig, hold_knots_outside
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -372,3 +372,31 @@ def test_hold_times_outside_copies_the_window_edge_nodes():
     at = lambda t: hp(torch.cat([pts, torch.full((20, 1), t)], -1))  # noqa: E731
     torch.testing.assert_close(at(0.0), at(0.3))
     torch.testing.assert_close(at(1.0), at(0.7))
+
+
+def test_hold_times_outside_extrapolates_the_edge_step():
+    # knots at clip times i / 10; a window reading knots 3 .. 7 (values linear in the knot there, quadratic outside)
+    values = torch.arange(11.0).square().reshape(1, 1, 11, 1).repeat(1, 2, 1, 3)
+    values[..., 3:8, :] = 5.0 * torch.arange(3.0, 8.0).reshape(1, 1, 5, 1) - 2.0
+    kept = values[..., 3:8, :].clone()
+    hold_knots_outside(values, -2, 0.33, 0.61, extrapolate=True)
+    assert torch.equal(values[..., 3:8, :], kept)  # the window's knots are untouched
+    line = 5.0 * torch.arange(11.0) - 2.0  # constant velocity: the line through the edge knots continues
+    torch.testing.assert_close(values[0, 0, :, 0], line)
+    # a window reading one knot has no step to continue: it is held
+    one = torch.rand(4, 11)
+    hold_knots_outside(one, 1, 0.5, 0.5, extrapolate=True)
+    assert torch.equal(one, one[:, 5:6].expand_as(one))
+
+
+
+def test_field_extrapolation_reaches_every_time_plane_and_scale():
+    field = _small_field()
+    _perturb(field, seed=3)
+    planes = [[p.detach().clone() for p in scale] for scale in field.hexplane.grids]
+    field.hold_times_outside(0.3, 0.7, extrapolate=True)
+    for scale, old in zip(field.hexplane.grids, planes):
+        for p, (new, before) in enumerate(zip(scale, old)):
+            if p in TIME_PLANES:
+                hold_knots_outside(before, -2, 0.3, 0.7, extrapolate=True)
+            assert torch.equal(new, before)

@@ -355,18 +355,21 @@ def test_table_motion_starts_at_the_identity_interpolates_its_knots_and_holds_th
         torch.testing.assert_close(back.frame_at(t).means, scene.frame_at(t).means, atol=1e-6, rtol=0)  # loaded in float32
 
 
-def test_reconstruct_time_curriculum_holds_the_knots_it_has_not_reached(scene_dir, tmp_path):
+@pytest.mark.parametrize("extrapolate", [False, True])
+def test_reconstruct_time_curriculum_holds_the_knots_it_has_not_reached(scene_dir, tmp_path, extrapolate):
     """Every step of a curriculum that never reaches the clip's ends starts with the knots outside the window
-    equal to its edge knots; the run's field is a table of node motions trained from the reference time."""
+    equal to its edge knots (or, with ``train.extrapolate_unreached``, on the line through the two edge knots);
+    the run's field is a table of node motions trained from the reference time."""
     over = TINY + ["deformation.nodes.motion=table", "deformation.nodes.time_nodes=9", "train.reference_time=0.5",
-                   "train.canonical_window=0.05", "train.time_curriculum=1.0", "export.formats=[]", "train.iterations=12"]
+                   "train.canonical_window=0.05", "train.time_curriculum=1.0", "export.formats=[]", "train.iterations=12",
+                   f"train.extrapolate_unreached={str(extrapolate).lower()}"]
     cfg = build_config("default", over, {"data": str(scene_dir)})
     seen = []
     original = NodeDeformationField.hold_times_outside
 
-    def spy(self, lo, hi):
-        original(self, lo, hi)
-        seen.append((lo, hi, self.table.detach().clone()))
+    def spy(self, lo, hi, extrapolate):
+        original(self, lo, hi, extrapolate)
+        seen.append((lo, hi, extrapolate, self.table.detach().clone()))
 
     NodeDeformationField.hold_times_outside = spy
     try:
@@ -374,13 +377,18 @@ def test_reconstruct_time_curriculum_holds_the_knots_it_has_not_reached(scene_di
     finally:
         NodeDeformationField.hold_times_outside = original
     assert len(seen) == 9  # every dynamic step (12 - 3 static)
-    widths = [hi - lo for lo, hi, _ in seen]
+    widths = [hi - lo for lo, hi, _, _ in seen]
     assert widths == sorted(widths) and widths[0] == pytest.approx(0.05) and widths[-1] < 1.0
-    for lo, hi, table in seen:
+    for lo, hi, passed, table in seen:
+        assert passed is extrapolate
         first, last = math.floor(lo * 8), math.ceil(hi * 8)
-        assert torch.equal(table[:first], table[first:first + 1].expand_as(table[:first]))
-        assert torch.equal(table[last + 1:], table[last:last + 1].expand_as(table[last + 1:]))
-    assert seen[-1][2].abs().max() > 0  # the table was trained
+        before = torch.arange(first, 0, -1, dtype=table.dtype).reshape(-1, 1, 1)
+        after = torch.arange(1, 9 - last, dtype=table.dtype).reshape(-1, 1, 1)
+        step_in = table[first] - table[first + 1] if extrapolate and last > first else 0.0 * table[first]
+        step_out = table[last] - table[last - 1] if extrapolate and last > first else 0.0 * table[last]
+        torch.testing.assert_close(table[:first], table[first] + before * step_in, rtol=0, atol=1e-6)
+        torch.testing.assert_close(table[last + 1:], table[last] + after * step_out, rtol=0, atol=1e-6)
+    assert seen[-1][3].abs().max() > 0  # the table was trained
 
 
 # ------------------------------------------------------------------------------------------------- 5. end to end

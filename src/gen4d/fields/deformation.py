@@ -193,9 +193,10 @@ class DeformationField(nn.Module):
         grid_ids = {id(p) for p in grid}
         return [("grid", grid), ("mlp", [p for p in self.parameters() if id(p) not in grid_ids])]
 
-    def hold_times_outside(self, lo: float, hi: float) -> None:
-        """Times outside ``[lo, hi]`` take the motion at the window's edges (:meth:`HexPlane.hold_times_outside`)."""
-        self.hexplane.hold_times_outside(lo, hi)
+    def hold_times_outside(self, lo: float, hi: float, extrapolate: bool = False) -> None:
+        """Times outside ``[lo, hi]`` take the motion at the window's edges, or continue it (``extrapolate``;
+        :meth:`HexPlane.hold_times_outside`)."""
+        self.hexplane.hold_times_outside(lo, hi, extrapolate)
 
     def regularisers(self, times: Tensor | None = None) -> dict[str, Tensor]:
         """The field's own weighted regularisers at ``times``: none (the HexPlane terms are named regularisers of

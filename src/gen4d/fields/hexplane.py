@@ -62,15 +62,32 @@ class HexPlaneConfig:
 
 
 @torch.no_grad()
-def hold_knots_outside(values: Tensor, dim: int, lo: float, hi: float) -> None:
+def hold_knots_outside(values: Tensor, dim: int, lo: float, hi: float, extrapolate: bool = False) -> None:
     """In place: along ``dim`` of ``values`` (knots at clip times ``i / (K - 1)``), the knots that no time in
-    ``[lo, hi]`` reads by linear interpolation take the value of the nearest knot that one does."""
+    ``[lo, hi]`` reads by linear interpolation take the value of the nearest knot that one does, or, with
+    ``extrapolate``, continue the last step between the two knots at that edge (constant velocity: a turning part
+    keeps turning into the frames not reached yet; a window reading a single knot holds it)."""
     last = values.shape[dim] - 1
     first_used = max(0, min(last, int(math.floor(lo * last))))
     last_used = max(first_used, min(last, int(math.ceil(hi * last))))
-    values.narrow(dim, 0, first_used).copy_(values.narrow(dim, first_used, 1).expand_as(values.narrow(dim, 0, first_used)))
-    after = last - last_used
-    values.narrow(dim, last_used + 1, after).copy_(values.narrow(dim, last_used, 1).expand_as(values.narrow(dim, last_used + 1, after)))
+    step = extrapolate and last_used > first_used
+
+    def fill(start: int, count: int, edge: int, inner: int) -> None:
+        if count <= 0:
+            return
+        base = values.narrow(dim, edge, 1)
+        shape = [1] * values.dim()
+        shape[dim] = count
+        if step:
+            # knot j takes edge + |j - edge| * (edge - inner)
+            k = torch.arange(count, dtype=values.dtype, device=values.device)
+            k = (count - k) if start < edge else (k + 1)
+            values.narrow(dim, start, count).copy_(base + k.reshape(shape) * (base - values.narrow(dim, inner, 1)))
+        else:
+            values.narrow(dim, start, count).copy_(base.expand_as(values.narrow(dim, start, count)))
+
+    fill(0, first_used, first_used, first_used + 1)
+    fill(last_used + 1, last - last_used, last_used, last_used - 1)
 
 
 class HexPlane(nn.Module):
@@ -144,16 +161,17 @@ class HexPlane(nn.Module):
         return torch.cat(feats, dim=-1)
 
     @torch.no_grad()
-    def hold_times_outside(self, lo: float, hi: float) -> None:
+    def hold_times_outside(self, lo: float, hi: float, extrapolate: bool = False) -> None:
         """Give every time node outside the window of clip times ``[lo, hi]`` the values of the nearest node
         that a time inside the window reads (the window's edge nodes), on every time plane and scale.
 
         With a time window that widens during training (coarse-to-fine in time), the nodes that come into the
         window then start from the motion learnt at its edge, as a tracker starts from the last frame, rather
-        than from the canonical pose (nodes at 1: no motion), which the motion may be far from by then."""
+        than from the canonical pose (nodes at 1: no motion), which the motion may be far from by then.
+        ``extrapolate``: they continue the change between the two edge nodes instead (:func:`hold_knots_outside`)."""
         for planes in self.grids:
             for p in TIME_PLANES:
-                hold_knots_outside(planes[p], -2, lo, hi)
+                hold_knots_outside(planes[p], -2, lo, hi, extrapolate)
 
     # ------------------------------------------------------------------------------------------ regularisers
     # Each regulariser is a sum over scales and over the planes it concerns of a per-plane mean, so its size

@@ -392,8 +392,9 @@ class NodeDeformationField(nn.Module):
             return [("grid", [self.positions, self.log_radii, self.table]), ("mlp", [])]
         return [("grid", [self.positions, self.log_radii]), ("mlp", list(self.mlp.parameters()))]
 
-    def hold_times_outside(self, lo: float, hi: float) -> None:
-        """Table motion: knots outside the window of times ``[lo, hi]`` take the motion at its edges (see
-        :meth:`gen4d.fields.hexplane.HexPlane.hold_times_outside`); an MLP motion has no knots to hold."""
+    def hold_times_outside(self, lo: float, hi: float, extrapolate: bool = False) -> None:
+        """Table motion: knots outside the window of times ``[lo, hi]`` take the motion at its edges, or continue
+        it (``extrapolate``; see :meth:`gen4d.fields.hexplane.HexPlane.hold_times_outside`); an MLP motion has no
+        knots to hold."""
         if self.table is not None:
-            hold_knots_outside(self.table, 0, lo, hi)
+            hold_knots_outside(self.table, 0, lo, hi, extrapolate)

@@ -87,9 +87,11 @@ class TrainConfig:
     """Densification stops at this fraction of the dynamic stage (and runs through the whole static stage)."""
     reference_time: float = 0.5
     """Time of the canonical space when ``canonical_window`` < 1 (normalised clip time in [0, 1])."""
-    canonical_window: float = 0.05
+    canonical_window: float = 0.1
     """Share of the clip the static stage sees, around ``reference_time`` (1: every training image, time ignored;
-    smaller: the canonical Gaussians fit the scene as it is near the reference time, not its average over the clip)."""
+    smaller: the canonical Gaussians fit the scene as it is near the reference time, not its average over the clip;
+    0.1 rather than 0.05 gives them twice the views, which measured better or the same on the large-motion bench
+    scenes, bench/RESULTS.md)."""
     time_curriculum: float = 0.25
     """Share of the dynamic stage over which its time window widens from ``canonical_window`` to the whole clip
     (coarse-to-fine in time: motion is learnt outwards from the reference time; 0: the whole clip from the start)."""
@@ -97,6 +99,9 @@ class TrainConfig:
     """During the time curriculum, the field's time knots not reached yet (a HexPlane field's time nodes, a node
     field's motion table) hold the motion at the window's edge, so they start from it when reached, not from the
     canonical pose."""
+    extrapolate_unreached: bool = False
+    """With ``hold_unreached``: the knots not reached yet continue the motion's last change at the window's edge
+    (constant velocity) instead of holding it."""
     edge_share: float = 0.5
     """During the time curriculum, the share of steps whose first image is drawn from the times the window reached
     last (within ``edge_band`` of its edges) rather than uniformly from the window: newly reached frames are
@@ -303,7 +308,7 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
             window = time_window(t_cfg.reference_time, width)
             hold = getattr(scene.deformation, "hold_times_outside", None)
             if deform and window is not None and hold is not None and t_cfg.hold_unreached:
-                hold(*window)  # times not reached yet start from the motion at the window's edge
+                hold(*window, t_cfg.extrapolate_unreached)  # times not reached yet start from the motion at the window's edge
             edge = data.edge_band(window, t_cfg.edge_band) if deform else None
             idx = data.sample(cfg.train.batch_size, generator, window, edge, t_cfg.edge_share)
             if random_bg:
