@@ -389,7 +389,6 @@ def test_hold_times_outside_extrapolates_the_edge_step():
     assert torch.equal(one, one[:, 5:6].expand_as(one))
 
 
-
 def test_field_extrapolation_reaches_every_time_plane_and_scale():
     field = _small_field()
     _perturb(field, seed=3)
