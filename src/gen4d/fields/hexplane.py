@@ -75,16 +75,14 @@ def hold_knots_outside(values: Tensor, dim: int, lo: float, hi: float, extrapola
     def fill(start: int, count: int, edge: int, inner: int) -> None:
         if count <= 0:
             return
-        base = values.narrow(dim, edge, 1)
-        shape = [1] * values.dim()
-        shape[dim] = count
-        if step:
-            # knot j takes edge + |j - edge| * (edge - inner)
-            k = torch.arange(count, dtype=values.dtype, device=values.device)
-            k = (count - k) if start < edge else (k + 1)
-            values.narrow(dim, start, count).copy_(base + k.reshape(shape) * (base - values.narrow(dim, inner, 1)))
+        base, out = values.narrow(dim, edge, 1), values.narrow(dim, start, count)
+        if step:  # knot j takes edge + |j - edge| * (edge - inner)
+            shape = [1] * values.dim()
+            shape[dim] = count
+            dist = (torch.arange(start, start + count, device=values.device) - edge).abs().to(values.dtype)
+            out.copy_(base + dist.reshape(shape) * (base - values.narrow(dim, inner, 1)))
         else:
-            values.narrow(dim, start, count).copy_(base.expand_as(values.narrow(dim, start, count)))
+            out.copy_(base.expand_as(out))
 
     fill(0, first_used, first_used, first_used + 1)
     fill(last_used + 1, last - last_used, last_used, last_used - 1)
