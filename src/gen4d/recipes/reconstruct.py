@@ -131,7 +131,10 @@ class ReconstructConfig:
     """auto | cpu | cuda."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    lr: LearningRates = field(default_factory=LearningRates)
+    lr: LearningRates = field(default_factory=lambda: LearningRates(grid_final=1.6e-4, mlp_final=1.6e-5))
+    """Learning rates. The deformation field's decay 10x over the dynamic stage (4DGaussians': 100x): under the time
+    curriculum the clip's ends are reached halfway or later, and they are tracked better at the higher rate (on the
+    large-motion bench scenes 0 to +2.3 dB, bench/RESULTS.md)."""
     loss: LossConfig = field(default_factory=LossConfig)
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(refine_start=500, refine_every=100, reset_opacity_every=3000, max_gaussians=200_000))
     deformation: DeformationConfig = field(default_factory=DeformationConfig)
@@ -158,6 +161,7 @@ PRESETS: dict[str, list[str]] = {
         # several views per time: every frame at once did better here (31.8 dB against 30.8 with the curriculum)
         "train.canonical_window=1.0", "train.time_curriculum=0.0",
         "lr.means=1.6e-3", "lr.means_final=1.6e-5", "lr.grid=4e-3", "lr.mlp=4e-4",
+        "lr.grid_final=1.6e-5", "lr.mlp_final=1.6e-6",  # as measured (every frame at once: no curriculum to track)
         "deformation.hexplane.resolution=[32,32,32,16]", "deformation.hexplane.feature_dim=16",
         "deformation.hexplane.multires=[1,2]",
         "export.mesh_resolution=64", "export.video_size=192", "export.video_frames=36",
