@@ -210,9 +210,19 @@ def _legacy_settings(old: str, new: str, legacy: dict | None) -> list[str]:
 
 
 def _changed_lines(old: str, new: str) -> str:
-    a = {line for line in old.splitlines()}
-    b = [line.strip() for line in new.splitlines() if line not in a]
-    return "changed: " + ", ".join(b[:4]) + (" ..." if len(b) > 4 else "") if b else "formatting differs"
+    """What differs between two ``config.yaml`` texts, as ``key.path: old -> new`` (at most four)."""
+    try:
+        trees = yaml.safe_load(old), yaml.safe_load(new)
+    except yaml.YAMLError:
+        trees = None, None
+    a, b = (_flat(trees[0]), _flat(trees[1])) if all(isinstance(t, dict) for t in trees) else ({}, {})
+    unset = "(unset)"
+    keys = [k for k in b if a.get(k, unset) != b[k]] + [k for k in a if k not in b]
+    items = [f"{k}: {a.get(k, unset)} -> {b.get(k, unset)}" for k in keys]
+    if not items:  # not YAML mappings: the new text's lines the old lacks
+        lines = set(old.splitlines())
+        items = [line.strip() for line in new.splitlines() if line not in lines]
+    return "changed: " + ", ".join(items[:4]) + (" ..." if len(items) > 4 else "") if items else "formatting differs"
 
 
 # ----------------------------------------------------------------------------- optimiser state (de)flattening

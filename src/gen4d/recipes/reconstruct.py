@@ -132,9 +132,9 @@ class ReconstructConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lr: LearningRates = field(default_factory=lambda: LearningRates(grid_final=1.6e-4, mlp_final=1.6e-5))
-    """Learning rates. The deformation field's decay 10x over the dynamic stage (4DGaussians': 100x): under the time
-    curriculum the clip's ends are reached halfway or later, and they are tracked better at the higher rate (on the
-    large-motion bench scenes 0 to +2.3 dB, bench/RESULTS.md)."""
+    """Learning rates. The deformation field's rates decay 10x over the dynamic stage (4DGaussians': 100x): under the
+    time curriculum the clip's ends are reached a quarter of the way or later, and they are tracked better at the
+    higher rate (on the large-motion bench scenes -0.1 to +2.4 dB, bench/RESULTS.md)."""
     loss: LossConfig = field(default_factory=LossConfig)
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(refine_start=500, refine_every=100, reset_opacity_every=3000, max_gaussians=200_000))
     deformation: DeformationConfig = field(default_factory=DeformationConfig)
