@@ -217,9 +217,9 @@ def _changed_lines(old: str, new: str) -> str:
         trees = None, None
     a, b = (_flat(trees[0]), _flat(trees[1])) if all(isinstance(t, dict) for t in trees) else ({}, {})
     unset = "(unset)"
-    keys = [k for k in b if a.get(k, unset) != b[k]] + [k for k in a if k not in b]
+    keys = [k for k in b if k not in a or a[k] != b[k]] + [k for k in a if k not in b]
     items = [f"{k}: {a.get(k, unset)} -> {b.get(k, unset)}" for k in keys]
-    if not items:  # not YAML mappings: the new text's lines the old lacks
+    if not items:  # no value differs (the texts are not YAML mappings, or only their layout differs): the new lines
         lines = set(old.splitlines())
         items = [line.strip() for line in new.splitlines() if line not in lines]
     return "changed: " + ", ".join(items[:4]) + (" ..." if len(items) > 4 else "") if items else "formatting differs"
