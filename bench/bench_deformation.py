@@ -10,7 +10,7 @@ The held-out test PSNR / SSIM, the training seconds and the Gaussian count come 
 the wall seconds are the subprocess's. Exports are off (``export.formats=[]``) unless ``--exports``: they are not
 what is compared, and at 100 frames they cost more than the fit on a CPU.
 
-    python bench/bench_deformation.py                                  # windmill, walker, chain, jumping_jacks x hexplane, nodes x schedules
+    python bench/bench_deformation.py                                  # windmill, walker, chain, jumping_jacks x hexplane, nodes, bases x schedules
     python bench/bench_deformation.py --types hexplane --schedules curriculum
     python bench/bench_deformation.py --scenes windmill --types nodes --extra deformation.nodes.count=256
     python bench/bench_deformation.py --dry-run                        # tiny sizes and a few steps: checks the script
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 DEFAULT_SCENES = ("windmill", "walker", "chain", "jumping_jacks")
-DEFAULT_TYPES = ("hexplane", "nodes")
+DEFAULT_TYPES = ("hexplane", "nodes", "bases")
 # Training schedules (``--schedules``): reconstruct overrides. ``all-times``: the static stage fits every frame
 # (time ignored) and the dynamic stage sees the whole clip from its first step; ``curriculum``: canonical
 # Gaussians from the frames within 5 % of the clip around mid-clip, then a time window widening to the whole clip
@@ -55,6 +55,7 @@ DRY_RUN = dict(resolution=24, frames=6, test_views=2, iters=4)
 DRY_RUN_OVERRIDES = [
     "model.init_points=300", "densify.refine_start=1000", "train.checkpoint_every=1000", "train.preview_every=0",
     "deformation.nodes.count=16", "deformation.nodes.hidden_dim=16", "deformation.nodes.layers=1",
+    "deformation.bases.count=4", "deformation.bases.weight_resolution=8", "deformation.bases.time_nodes=4",
     "deformation.hexplane.resolution=[8,8,8,4]", "deformation.hexplane.feature_dim=4", "deformation.hidden_dim=16",
 ]
 

@@ -13,13 +13,14 @@ def test_bench_deformation_dry_run_has_a_row_per_scene_and_type(tmp_path, capsys
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "deformation.json"
-    args = ["--dry-run", "--scenes", "windmill", "chain", "--types", "hexplane", "nodes", "--schedules", "curriculum", "--cache", str(tmp_path / "cache"),
+    args = ["--dry-run", "--scenes", "windmill", "chain", "--types", "hexplane", "nodes", "bases", "--schedules", "curriculum", "--cache", str(tmp_path / "cache"),
             "--keep", str(tmp_path / "runs"), "--json", str(out)]
     assert bench.main(args) == 0
     record = json.loads(out.read_text())
     assert record["settings"]["layout"] == "monocular" and record["settings"]["dry_run"]
     rows = record["rows"]
-    assert [(r["scene"], r["type"]) for r in rows] == [("windmill", "hexplane"), ("windmill", "nodes"), ("chain", "hexplane"), ("chain", "nodes")]
+    types = ("hexplane", "nodes", "bases")
+    assert [(r["scene"], r["type"]) for r in rows] == [(s, t) for s in ("windmill", "chain") for t in types]
     for r in rows:
         assert "error" not in r and math.isfinite(r["psnr"]) and 0.0 < r["ssim"] <= 1.0
         assert r["wall_seconds"] > 0 and r["training_seconds"] > 0 and r["num_gaussians"] > 0

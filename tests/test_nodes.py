@@ -1,5 +1,6 @@
-"""Sparse control-node deformation (deformation.type=nodes): identity at start, rigid blend skinning, ARAP,
-save/load, the optimiser's groups and an end-to-end reconstruction with it."""
+"""Sparse control-node deformation (deformation.type=nodes) and motion bases (deformation.type=bases): identity at
+start, rigid blend skinning, ARAP, the bases' weight field, save/load, the optimiser's groups and end-to-end
+reconstructions with them."""
 
 import json
 import math
@@ -13,7 +14,8 @@ from gen4d.cameras import frame_times, orbit_cameras, quat_multiply, quat_to_rot
 from gen4d.cli import main
 from gen4d.data.synthetic import write_synthetic_scene
 from gen4d.export.animated_glb import read_animated_glb
-from gen4d.fields.deformation import DeformationConfig, DeformationField, NodeConfig, make_deformation_field
+from gen4d.fields.bases import MotionBasesField
+from gen4d.fields.deformation import BasesConfig, DeformationConfig, DeformationField, NodeConfig, make_deformation_field
 from gen4d.fields.hexplane import HexPlaneConfig
 from gen4d.fields.nodes import NodeDeformationField, farthest_point_sampling
 from gen4d.gaussians.model import GaussianModel
@@ -37,8 +39,14 @@ def _gaussians(n: int = 300, seed: int = 0, dtype=torch.float32) -> GaussianMode
 
 def _config(kind: str, **nodes) -> DeformationConfig:
     hp = HexPlaneConfig(feature_dim=4, resolution=(6, 6, 6, 5), multires=(1,))
+    if kind == "bases":  # the same keywords set the bases' count and knots
+        bc = BasesConfig(**{"count": 6, "time_nodes": 7, "weight_resolution": 8, **nodes})
+        return DeformationConfig(type=kind, hexplane=hp, hidden_dim=16, bases=bc)
     nc = NodeConfig(**{"count": 24, "hidden_dim": 32, "layers": 2, **nodes})
     return DeformationConfig(type=kind, hexplane=hp, hidden_dim=16, nodes=nc)
+
+
+FIELD_CLASSES = {"hexplane": DeformationField, "nodes": NodeDeformationField, "bases": MotionBasesField}
 
 
 def _perturb(field: torch.nn.Module, seed: int = 1, scale: float = 0.3) -> None:
@@ -72,11 +80,11 @@ def _unit(q: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- 1. identity
-@pytest.mark.parametrize("kind", ["hexplane", "nodes"])
-def test_a_new_field_of_either_type_is_the_identity(kind):
+@pytest.mark.parametrize("kind", ["hexplane", "nodes", "bases"])
+def test_a_new_field_of_each_type_is_the_identity(kind):
     model = _gaussians()
     scene = Scene4D(model).attach_deformation(_config(kind), seed=3)
-    assert isinstance(scene.deformation, NodeDeformationField if kind == "nodes" else DeformationField)
+    assert type(scene.deformation) is FIELD_CLASSES[kind]
     canonical = model.frame()
     for t in TIMES:
         f = scene.frame_at(t)
@@ -118,13 +126,16 @@ def test_farthest_point_sampling_picks_the_extremes():
 
 
 # ------------------------------------------------------------------------------------------------- 2. rigid LBS
+@pytest.mark.parametrize("kind", ["nodes", "bases"])
 @pytest.mark.parametrize("flip_half", [False, True])
-def test_one_rigid_motion_of_every_node_moves_every_gaussian_rigidly(flip_half):
+def test_one_rigid_motion_of_every_node_moves_every_gaussian_rigidly(flip_half, kind):
     model = _gaussians(250, dtype=torch.float64)
-    scene = Scene4D(model).attach_deformation(_config("nodes", count=20), seed=0)
+    scene = Scene4D(model).attach_deformation(_config(kind, count=20), seed=0)
     field = scene.deformation.double()
-    with torch.no_grad():  # uneven radii: the blend weights differ per node, the result must not
+    with torch.no_grad():  # uneven radii or weight logits: the blend weights differ per node, the result must not
         field.log_radii.add_(torch.linspace(-0.5, 0.5, field.num_nodes, dtype=torch.float64))
+        if kind == "bases":
+            field.weight_grid.add_(torch.randn(field.weight_grid.shape, generator=torch.Generator().manual_seed(2)).double())
     q = _random_rotation(7)
     shift = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
     rigid = _rigid_node_motion(field, q, shift)
@@ -299,15 +310,16 @@ def test_unknown_type_and_unsupported_options_are_refused():
 
 
 # ------------------------------------------------------------------------------------------------- 4. save / load
-def test_save_load_round_trip_gives_identical_deformations_and_renders():
+@pytest.mark.parametrize("kind", ["nodes", "bases"])
+def test_save_load_round_trip_gives_identical_deformations_and_renders(kind):
     model = _gaussians(200)
-    cfg = _config("nodes", count=512)
+    cfg = _config(kind, count=512)
     scene = Scene4D(model).attach_deformation(cfg, seed=0)
     _perturb(scene.deformation, scale=0.1)
     tensors = {k: v.detach().clone() for k, v in scene.tensors().items()}
     assert tensors["deformation.positions"].shape == (200, 3)  # the node count lives in the state
     back = Scene4D.from_tensors(tensors, 0, cfg)
-    assert isinstance(back.deformation, NodeDeformationField) and back.deformation.num_nodes == 200
+    assert type(back.deformation) is FIELD_CLASSES[kind] and back.deformation.num_nodes == 200
     for t in TIMES:
         a, b = scene.frame_at(t), back.frame_at(t)
         for x, y in zip(a.tensors(), b.tensors()):
@@ -319,7 +331,82 @@ def test_save_load_round_trip_gives_identical_deformations_and_renders():
     ra, rb = scene.render(cams, background=bg).rgb, back.render(cams, background=bg).rgb
     assert torch.equal(ra, rb)
     assert not torch.equal(ra, scene.render(cams, background=bg, deform=False).rgb)
-    assert torch.equal(field_regularisers(scene, times)["arap"], field_regularisers(back, times)["arap"])
+    if kind == "nodes":
+        assert torch.equal(field_regularisers(scene, times)["arap"], field_regularisers(back, times)["arap"])
+    else:  # the bases' weights travel with the state too
+        assert torch.equal(back.deformation.weight_grid, scene.deformation.weight_grid)
+        assert field_regularisers(scene, times) == {}
+
+
+# ------------------------------------------------------------------------------------------------- motion bases
+def test_bases_weights_start_radial_around_the_pivots_and_are_a_trilinear_field_of_position():
+    model = _gaussians(300, dtype=torch.float64)
+    scene = Scene4D(model).attach_deformation(_config("bases", count=5, weight_resolution=6, weight_rate=4.0), seed=1)
+    field = scene.deformation.double()
+    assert field.num_bases == 5 and field.neighbours == 5  # every basis is blended onto every Gaussian
+    x = model.params["means"].detach()
+    # the pivots start on Gaussian centres, spread out
+    assert all(bool((x == p).all(-1).any()) for p in field.positions.detach())
+    # at the grid's points the weights are the pivots' radial functions, radius = mean nearest-pivot distance
+    lo, hi = field.aabb_min, field.aabb_max
+    axis = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    corners = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    points = lo + corners * (hi - lo)
+    d = torch.cdist(field.positions.detach(), field.positions.detach())
+    r = (d + torch.diag(torch.full((5,), math.inf, dtype=torch.float64))).min(-1).values.mean()
+    expected = torch.softmax(-0.5 * torch.cdist(points, field.positions.detach()).square() / r**2, dim=-1)
+    assert torch.allclose(field.blend_weights(points), expected, atol=1e-9)
+    # between grid points the logits are trilinear: halfway between two neighbouring points, the mean of theirs
+    _perturb(field, scale=0.5)
+    a, b = points[0], points[1]  # neighbours along z (the last meshgrid axis varies fastest)
+    mid = field.weight_logits(((a + b) / 2)[None])
+    assert torch.allclose(mid, (field.weight_logits(a[None]) + field.weight_logits(b[None])) / 2, atol=1e-9)
+    w = field.blend_weights(x)
+    assert bool((w >= 0).all()) and torch.allclose(w.sum(-1), torch.ones(300, dtype=torch.float64), atol=1e-12)
+    # the weights are what the skinning uses: a Gaussian moves by the weighted sum of the bases' rigid motions
+    quats, trans = field.node_transforms(torch.tensor([0.6], dtype=torch.float64))
+    R = quat_to_rotmat(quats[0])
+    per_basis = torch.einsum("kab,nkb->nka", R, x[:, None] - field.positions) + field.positions + trans[0]
+    moved = x + field(x, 0.6, quats=model.params["quats"].detach()).d_means
+    assert torch.allclose(moved, (w[..., None] * per_basis).sum(1), atol=1e-9)
+    # the weights learn: a loss on the moved centres reaches the grid, the table and the pivots
+    moved = x + field(x, 0.6, quats=model.params["quats"].detach()).d_means
+    moved.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (field.weight_grid, field.table, field.positions))
+
+
+def test_bases_rotations_are_rotation_vectors_interpolated_between_knots_and_held_outside_a_window():
+    scene = Scene4D(_gaussians(120, dtype=torch.float64)).attach_deformation(
+        _config("bases", count=3, time_nodes=5, rotation_rate=2.0), seed=0)
+    field = scene.deformation.double()
+    assert field.table.shape == (5, 3, 6)
+    axis = torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64)
+    angles = torch.tensor([0.0, 1.0, 2.5, 4.0, 6.0], dtype=torch.float64)  # radians at the knots, up to past a full turn
+    with torch.no_grad():
+        field.table.zero_()
+        field.table[:, 1, 3:] = angles[:, None] * axis / 2.0  # stored divided by rotation_rate
+        field.table[:, 2, :3] = torch.arange(5, dtype=torch.float64)[:, None] * 0.1
+    table = field.table.detach().clone()
+    quats, trans = field.node_transforms(torch.tensor([0.0, 0.5, 0.625, 1.0], dtype=torch.float64))
+    expected_angle = torch.tensor([0.0, 2.5, 3.25, 6.0], dtype=torch.float64)  # linear in the angle between knots
+    expected = torch.cat([torch.cos(expected_angle / 2)[:, None], torch.sin(expected_angle / 2)[:, None] * axis], -1)
+    torch.testing.assert_close(quats[:, 1], expected)
+    torch.testing.assert_close(quats[:, 0], torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(4, 4))  # no turn
+    torch.testing.assert_close(trans[:, 2, 0], torch.tensor([0.0, 0.2, 0.25, 0.4], dtype=torch.float64))
+    field.hold_times_outside(0.3, 0.6)  # read by times in [0.3, 0.6]: knots 1 .. 3
+    held = field.table.detach()
+    assert torch.equal(held[1:4], table[1:4]) and torch.equal(held[0], table[1]) and torch.equal(held[4], table[3])
+
+
+def test_bases_optimizer_groups_hold_the_table_the_weights_and_the_pivots():
+    scene = Scene4D(_gaussians(100)).attach_deformation(_config("bases"), seed=0)
+    field = scene.deformation
+    opt = deformation_optimizer(scene, LearningRates(), 2.0)
+    assert [g["name"] for g in opt.param_groups] == ["grid", "mlp"]
+    assert opt.param_groups[0]["params"] == [field.positions, field.table, field.weight_grid]
+    assert opt.param_groups[1]["params"] == []
+    with pytest.raises(ValueError, match="weight_resolution"):
+        make_deformation_field(DeformationConfig(type="bases", bases=BasesConfig(weight_resolution=1)))
 
 
 # ------------------------------------------------------------------------------------------------- table motion
@@ -413,6 +500,19 @@ def _final(run) -> dict:
     return {k: v for k, v in tensors.items() if k.startswith("model.")}
 
 
+def _assert_resumes_identically(cfg, run, params: dict, stop_after_step: int, check_interrupted=None) -> None:
+    """A run of ``cfg`` interrupted inside the dynamic stage after ``stop_after_step`` steps, then resumed by a
+    rerun, ends with parameters bit-identical to ``params`` (an uninterrupted run's)."""
+    assert run_reconstruct(cfg, run, quiet=True, stop_after_step=stop_after_step) == {}
+    if check_interrupted is not None:
+        check_interrupted(run)
+    run_reconstruct(cfg, run, quiet=True)
+    resumed = _final(run)
+    assert params.keys() == resumed.keys()
+    for k in params:
+        assert torch.equal(params[k], resumed[k]), k
+
+
 def test_reconstruct_with_nodes_exports_motion_and_resumes_identically(scene_dir, tmp_path):
     cfg = build_config("default", TINY + ["export.formats=[glb]"], {"data": str(scene_dir)})
     assert cfg.deformation.type == "nodes"
@@ -445,13 +545,26 @@ def test_reconstruct_with_nodes_exports_motion_and_resumes_identically(scene_dir
     run_reconstruct(free, tmp_path / "free", quiet=True)
     assert not torch.equal(_final(tmp_path / "free")["model.deformation.mlp.4.weight"], params["model.deformation.mlp.4.weight"])
 
-    # interrupted inside the dynamic stage, then resumed by a rerun: bit-identical parameters
-    assert run_reconstruct(cfg, tmp_path / "resumed", quiet=True, stop_after_step=10) == {}
-    run_reconstruct(cfg, tmp_path / "resumed", quiet=True)
-    resumed = _final(tmp_path / "resumed")
-    assert params.keys() == resumed.keys()
-    for k in params:
-        assert torch.equal(params[k], resumed[k]), k
+    _assert_resumes_identically(cfg, tmp_path / "resumed", params, stop_after_step=10)
+
+
+def test_reconstruct_with_motion_bases_exports_motion_and_resumes_identically(scene_dir, tmp_path):
+    overrides = TINY + ["export.formats=[glb]", "deformation.type=bases", "deformation.bases.count=6",
+                        "deformation.bases.weight_resolution=8", "deformation.bases.time_nodes=5"]
+    cfg = build_config("default", overrides, {"data": str(scene_dir)})
+    metrics = run_reconstruct(cfg, tmp_path / "straight", quiet=True)
+    assert np.isfinite(metrics["psnr"])
+    params = _final(tmp_path / "straight")
+    assert params["model.deformation.table"].shape == (5, 6, 6) and params["model.deformation.table"].abs().max() > 0
+    assert params["model.deformation.weight_grid"].shape == (1, 6, 8, 8, 8)
+    finished = load_finished_run(tmp_path / "straight", "cpu")
+    assert type(finished.scene.deformation) is MotionBasesField
+    # the animated GLB follows the same motion: its frames' vertices move between the first and last frame
+    anim = read_animated_glb(tmp_path / "straight" / "exports" / "animated.glb")
+    assert anim.targets.shape[0] == 2 and np.abs(anim.targets).max() > 1e-6
+    nodes = json.loads((tmp_path / "straight" / "exports" / "nodes.json").read_text())
+    assert np.array(nodes["positions"]).shape == (3, 6, 3) and "radii" not in nodes  # the pivots' paths
+    _assert_resumes_identically(cfg, tmp_path / "resumed", params, stop_after_step=10)
 
 
 def test_bad_deformation_type_is_a_one_line_error(scene_dir, tmp_path, capsys):
@@ -524,11 +637,8 @@ def test_reconstruct_growing_nodes_resumes_identically(scene_dir, tmp_path):
     params = _final(tmp_path / "straight")
     assert params["model.deformation.positions"].shape[0] > 32  # the node set grew
     assert params["model.deformation.table"].shape[1] == params["model.deformation.positions"].shape[0]
-    assert run_reconstruct(cfg, tmp_path / "resumed", quiet=True, stop_after_step=14) == {}
-    grown = load_file(str(tmp_path / "resumed" / "stages" / "dynamic" / "checkpoint.safetensors"))
-    assert grown["model.deformation.positions"].shape[0] > 32  # interrupted after growth
-    run_reconstruct(cfg, tmp_path / "resumed", quiet=True)
-    resumed = _final(tmp_path / "resumed")
-    assert params.keys() == resumed.keys()
-    for k in params:
-        assert torch.equal(params[k], resumed[k]), k
+    def grown(run):  # interrupted after growth
+        tensors = load_file(str(run / "stages" / "dynamic" / "checkpoint.safetensors"))
+        assert tensors["model.deformation.positions"].shape[0] > 32
+
+    _assert_resumes_identically(cfg, tmp_path / "resumed", params, stop_after_step=14, check_interrupted=grown)

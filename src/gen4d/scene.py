@@ -52,7 +52,7 @@ class Scene4D(nn.Module):
         field_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("deformation.")}
         if field_state:
             config = deformation_config or DeformationConfig()
-            num_nodes = field_state["positions"].shape[0] if config.type == "nodes" and "positions" in field_state else None
+            num_nodes = field_state["positions"].shape[0] if "positions" in field_state else None
             deformation = make_deformation_field(config, num_nodes)
             deformation.load_state_dict(field_state)
         mesh_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("mesh.")}
@@ -62,10 +62,11 @@ class Scene4D(nn.Module):
         """Add a zero-initialised deformation field (the scene still renders exactly as before) whose normalisation
         box is the cube ``config.bounds`` or, when that is 0, the Gaussians' bounding box padded by ``padding`` of its
         size. Its random feature-plane init is seeded here, independent of the global RNG's history, so reruns and
-        resumed runs agree. A nodes field (``config.type``) also places its nodes on the canonical Gaussians here
-        (``min(nodes.count, N)`` of them, seeded)."""
+        resumed runs agree. A nodes or bases field (``config.type``) also places its nodes (the bases' pivots) on
+        the canonical Gaussians here (``min(nodes.count, N)`` or ``min(bases.count, N)`` of them, seeded)."""
         means = self.gaussians.params["means"].detach()
-        num_nodes = min(config.nodes.count, means.shape[0]) if config.type == "nodes" else None
+        count = {"nodes": config.nodes.count, "bases": config.bases.count}.get(config.type)
+        num_nodes = None if count is None else min(count, means.shape[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             field = make_deformation_field(config, num_nodes)

@@ -80,7 +80,7 @@ def export_scene(
         raise Gen4DError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + ON_REQUEST)}")
     node_field = hasattr(scene.deformation, "node_trajectories")
     if "nodes" in formats and not node_field:
-        raise Gen4DError("the nodes export needs a scene with a node deformation field (deformation.type=nodes)")
+        raise Gen4DError("the nodes export needs a scene with a node deformation field (deformation.type=nodes or bases)")
     want_nodes = node_field and ("nodes" in formats or full)
     n_frames = config.frames or default_frames
     times = frame_times(n_frames)
@@ -150,13 +150,13 @@ def export_scene(
 
 def write_node_trajectories(path: Path, field, times: torch.Tensor) -> None:
     """``nodes.json``: ``times [T]``, ``radii [K]`` and ``positions [T][K][3]`` of a node deformation field's control
-    nodes (world units, rounded to 1e-5)."""
+    nodes (world units, rounded to 1e-5); for motion bases, the pivots' positions (their weights are a field of
+    position, not radii, so ``radii`` is left out)."""
     positions = field.node_trajectories(times.to(field.positions.device)).double().cpu()
-    doc = {
-        "times": [round(float(t), 6) for t in times],
-        "radii": np.round(field.log_radii.detach().double().exp().cpu().numpy(), 5).tolist(),
-        "positions": np.round(positions.numpy(), 5).tolist(),
-    }
+    doc = {"times": [round(float(t), 6) for t in times]}
+    if field.radial:
+        doc["radii"] = np.round(field.log_radii.detach().double().exp().cpu().numpy(), 5).tolist()
+    doc["positions"] = np.round(positions.numpy(), 5).tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, separators=(",", ":")))
 

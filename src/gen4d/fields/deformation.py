@@ -1,8 +1,9 @@
 """Deformation field: HexPlane features -> MLP -> per-Gaussian deltas at time t.
 
-``DeformationConfig.type`` chooses the field: ``hexplane`` (:class:`DeformationField`, this module) or ``nodes``
-(:class:`gen4d.fields.nodes.NodeDeformationField`, sparse control points blended onto the Gaussians); both share
-the interface described here and are built by :func:`make_deformation_field`.
+``DeformationConfig.type`` chooses the field: ``hexplane`` (:class:`DeformationField`, this module), ``nodes``
+(:class:`gen4d.fields.nodes.NodeDeformationField`, sparse control points blended onto the Gaussians) or ``bases``
+(:class:`gen4d.fields.bases.MotionBasesField`, scene-wide rigid motion bases); all share the interface described
+here and are built by :func:`make_deformation_field`.
 
 The field maps a canonical Gaussian centre and a time to additive offsets of the Gaussian's stored
 parameters (position, wxyz quaternion, log-scale and optionally opacity logit). Applying the offsets is the
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from .hexplane import HexPlane, HexPlaneConfig
 
-DEFORMATION_TYPES = ("hexplane", "nodes")
+DEFORMATION_TYPES = ("hexplane", "nodes", "bases")
 """The values of ``DeformationConfig.type``."""
 
 
@@ -84,16 +85,52 @@ class NodeConfig:
 
 
 @dataclass
+class BasesConfig:
+    """Motion bases (``DeformationConfig.type=bases``): a few rigid motions over the clip shared by the whole scene,
+    each Gaussian moving by a learned blend of all of them (Shape of Motion's SE(3) motion bases), the blend weights
+    a learned field of canonical position (see :mod:`gen4d.fields.bases`)."""
+
+    count: int = 10
+    """Number of motion bases (Shape of Motion's ``num_motion_bases``; fewer when the canonical scene has fewer
+    Gaussians when the field is attached)."""
+
+    time_nodes: int = 50
+    """Knots of each basis' rigid motion over the clip (first at t = 0, last at t = 1), linear in between; every
+    knot starts at the identity."""
+
+    rotation_rate: float = 4.0
+    """The rotation vectors of the knots change this many times faster than the other parameters of the ``grid``
+    role (the table stores them divided by it): under the time curriculum a turn of several degrees per frame
+    must be followed within the few dozen steps each newly reached frame gets."""
+
+    weight_resolution: int = 32
+    """Cells per side of the grid of blend-weight logits over the field's normalisation box (trilinear)."""
+
+    weight_rate: float = 10.0
+    """The blend-weight logits change this many times faster than the other parameters of the ``grid`` role (the
+    grid stores logits divided by it), so a Gaussian can change the basis it follows within a few hundred steps."""
+
+    init_radius: float = 0.0
+    """Radius (world units) of the radial functions around each basis' pivot that set the initial weights; 0: the
+    mean distance from a pivot to its nearest other pivot. The pivots start on canonical Gaussian centres
+    (farthest-point sampling)."""
+
+
+@dataclass
 class DeformationConfig:
     """Architecture of a deformation field (:func:`make_deformation_field`)."""
 
     type: str = "hexplane"
-    """hexplane (HexPlane features + MLP heads per Gaussian) or nodes (sparse control points + blend skinning;
-    the settings under ``nodes``). The HexPlane settings below are ignored by a nodes field, except ``bounds``
-    and ``deform_shape``."""
+    """hexplane (HexPlane features + MLP heads per Gaussian), nodes (sparse control points + blend skinning; the
+    settings under ``nodes``) or bases (a few scene-wide rigid motions blended per Gaussian by a learned weight
+    field; the settings under ``bases``). The HexPlane settings below are ignored by the other two, except
+    ``bounds`` and ``deform_shape``."""
 
     nodes: NodeConfig = field(default_factory=NodeConfig)
     """The node field's settings (``type=nodes``)."""
+
+    bases: BasesConfig = field(default_factory=BasesConfig)
+    """The motion bases' settings (``type=bases``)."""
 
     hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
     """The feature grid queried at (normalised position, time)."""
@@ -235,8 +272,9 @@ class DeformationField(nn.Module):
 
 
 def make_deformation_field(config: DeformationConfig | None = None, num_nodes: int | None = None) -> nn.Module:
-    """A zero-initialised field of ``config.type``: a :class:`DeformationField` or a
-    :class:`~gen4d.fields.nodes.NodeDeformationField` of ``num_nodes`` nodes (default ``config.nodes.count``)."""
+    """A zero-initialised field of ``config.type``: a :class:`DeformationField`, a
+    :class:`~gen4d.fields.nodes.NodeDeformationField` of ``num_nodes`` nodes (default ``config.nodes.count``) or a
+    :class:`~gen4d.fields.bases.MotionBasesField` of ``num_nodes`` bases (default ``config.bases.count``)."""
     config = config if config is not None else DeformationConfig()
     if config.type == "hexplane":
         return DeformationField(config)
@@ -244,4 +282,8 @@ def make_deformation_field(config: DeformationConfig | None = None, num_nodes: i
         from .nodes import NodeDeformationField
 
         return NodeDeformationField(config, num_nodes)
+    if config.type == "bases":
+        from .bases import MotionBasesField
+
+        return MotionBasesField(config, num_nodes)
     raise ValueError(f"unknown deformation type {config.type!r}; choose from {', '.join(DEFORMATION_TYPES)}")

@@ -114,6 +114,8 @@ class NodeDeformationField(nn.Module):
 
     aabb_min: Tensor
     aabb_max: Tensor
+    radial = True
+    """The blend weights are the nodes' radial functions (``log_radii``)."""
 
     set_bounds = DeformationField.set_bounds
     normalize_means = DeformationField.normalize_means
@@ -310,6 +312,11 @@ class NodeDeformationField(nn.Module):
         return self.positions[None] + trans
 
     # ------------------------------------------------------------------------------------------ skinning
+    def skin_logits(self, x: Tensor, idx: Tensor, rel: Tensor) -> Tensor:
+        """``[N, k]`` blend-weight logits of Gaussians at canonical ``x [N, 3]`` for their nodes ``idx [N, k]``
+        (``rel = x - p_idx``): the nodes' Gaussian radial basis functions, ``-|x - p_j|^2 / (2 r_j^2)``."""
+        return -0.5 * rel.square().sum(-1) * torch.exp(-2.0 * self.log_radii[idx])
+
     def skin(self, means: Tensor, quats: Tensor | None, node_quats: Tensor, node_trans: Tensor,
              which: Tensor | None = None, neighbours: Tensor | None = None) -> Deformation:
         """Offsets of Gaussians ``means [N, 3]`` (canonical wxyz ``quats [N, 4]``; may be None when the field
@@ -322,8 +329,7 @@ class NodeDeformationField(nn.Module):
         which = torch.zeros(n, dtype=torch.long, device=x.device) if which is None else which
         sel = (which[:, None].expand_as(idx), idx)
         rel = x[:, None, :] - self.positions[idx]  # [N, k, 3]
-        logits = -0.5 * rel.square().sum(-1) * torch.exp(-2.0 * self.log_radii[idx])
-        w = torch.softmax(logits, dim=-1)  # [N, k]
+        w = torch.softmax(self.skin_logits(x, idx, rel), dim=-1)  # [N, k]
         rot = quat_to_rotmat(node_quats)  # [U, K, 3, 3]
         eye = torch.eye(3, dtype=dtype, device=x.device)
         moved = torch.einsum("nkab,nkb->nka", rot[sel] - eye, rel) + node_trans[sel]  # x' - x per node

@@ -9,7 +9,8 @@ Stages (4D Gaussian Splatting, Wu et al. 2024):
 then evaluation on the test split and the exports.
 Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0.2), plus plane total variation, time smoothness and time-plane L1 on the
 field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended onto the Gaussians;
-its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms.
+its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms;
+``deformation.type=bases`` for a few scene-wide rigid motion bases blended per Gaussian (no field terms).
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class TrainConfig:
     (coarse-to-fine in time: motion is learnt outwards from the reference time; 0: the whole clip from the start)."""
     hold_unreached: bool = True
     """During the time curriculum, the field's time knots not reached yet (a HexPlane field's time nodes, a node
-    field's motion table) hold the motion at the window's edge, so they start from it when reached, not from the
-    canonical pose."""
+    field's or the motion bases' motion table) hold the motion at the window's edge, so they start from it when
+    reached, not from the canonical pose."""
     extrapolate_unreached: bool = False
     """With ``hold_unreached``: the knots not reached yet continue the motion's last change at the window's edge
     (constant velocity) instead of holding it."""
