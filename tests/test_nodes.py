@@ -559,6 +559,7 @@ def test_reconstruct_with_motion_bases_exports_motion_and_resumes_identically(sc
     assert params["model.deformation.weight_grid"].shape == (1, 6, 8, 8, 8)
     finished = load_finished_run(tmp_path / "straight", "cpu")
     assert type(finished.scene.deformation) is MotionBasesField
+    assert finished.scene.summary() == {"num_gaussians": len(finished.scene.gaussians), "num_bases": 6}  # as logged
     # the animated GLB follows the same motion: its frames' vertices move between the first and last frame
     anim = read_animated_glb(tmp_path / "straight" / "exports" / "animated.glb")
     assert anim.targets.shape[0] == 2 and np.abs(anim.targets).max() > 1e-6

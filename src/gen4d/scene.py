@@ -93,8 +93,9 @@ class Scene4D(nn.Module):
 
     def summary(self) -> dict:
         out = {"num_gaussians": len(self.gaussians)}
-        if isinstance(self.deformation, NodeDeformationField):
-            out["num_nodes"] = self.deformation.num_nodes
+        if isinstance(self.deformation, NodeDeformationField):  # a motion-bases field is one, its nodes the bases
+            key = "num_nodes" if self.deformation.radial else "num_bases"
+            out[key] = self.deformation.num_nodes
         return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
