@@ -327,17 +327,23 @@ class NodeDeformationField(nn.Module):
         x = means.to(device=self.positions.device, dtype=dtype)
         idx = self.gaussian_neighbours(means) if neighbours is None else neighbours  # [N, k]
         which = torch.zeros(n, dtype=torch.long, device=x.device) if which is None else which
-        sel = (which[:, None].expand_as(idx), idx)
-        rel = x[:, None, :] - self.positions[idx]  # [N, k, 3]
+        flat = (which[:, None] * node_quats.shape[1] + idx).reshape(-1)  # (motion, node) pairs as rows of [U K, ...]
+
+        def pick(per_node: Tensor) -> Tensor:
+            """``[U, K, ...] -> [N, k, ...]``: each Gaussian's nodes under its motion. index_select, not advanced
+            indexing: its backward (index_add) is several times cheaper on the CPU than indexing's index_put."""
+            return per_node.flatten(0, 1).index_select(0, flat).reshape(*idx.shape, *per_node.shape[2:])
+
+        rel = x[:, None, :] - self.positions.index_select(0, idx.reshape(-1)).reshape(*idx.shape, 3)  # [N, k, 3]
         w = torch.softmax(self.skin_logits(x, idx, rel), dim=-1)  # [N, k]
         rot = quat_to_rotmat(node_quats)  # [U, K, 3, 3]
         eye = torch.eye(3, dtype=dtype, device=x.device)
-        moved = torch.einsum("nkab,nkb->nka", rot[sel] - eye, rel) + node_trans[sel]  # x' - x per node
+        moved = torch.einsum("nkab,nkb->nka", pick(rot) - eye, rel) + pick(node_trans)  # x' - x per node
         d_means = (w[..., None] * moved).sum(1)
         if self.config.deform_shape:
             if quats is None:
                 raise ValueError("a node field composes rotations: it needs the Gaussians' quaternions (quats=)")
-            qn = node_quats[sel]  # [N, k, 4]
+            qn = pick(node_quats)  # [N, k, 4]
             sign = torch.where((qn * qn[:, :1]).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(dtype)
             blend = normalize((w[..., None] * sign * qn).sum(1))
             delta = blend - blend.new_tensor([1.0, 0.0, 0.0, 0.0])
