@@ -42,12 +42,20 @@ DEFAULT_TYPES = ("hexplane", "nodes", "bases")
 # over the first quarter of the dynamic stage, time nodes not reached yet holding the motion at the window's edge,
 # frames drawn uniformly from the window; ``tracking`` (the default): the same from 10 % of the clip around
 # mid-clip, half the steps drawing from the times the window reached last (frame-to-frame tracking);
-# ``slow-tracking``: tracking with the window widening over half the stage.
+# ``slow-tracking``: tracking with the window widening over half the stage; ``paced``: tracking whose
+# window waits while the newly reached frames fit worse than 1.5 times those inside it (at least at the
+# slow-tracking pace).
 SCHEDULES = {
-    "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false", "train.edge_share=0.0"],
-    "curriculum": ["train.canonical_window=0.05", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.0"],
-    "tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.5"],
-    "slow-tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.5", "train.hold_unreached=true", "train.edge_share=0.5"],
+    "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false", "train.edge_share=0.0",
+                  "train.pace_tolerance=0"],
+    "curriculum": ["train.canonical_window=0.05", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.0",
+                   "train.pace_tolerance=0"],
+    "tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.5",
+                 "train.pace_tolerance=0"],
+    "slow-tracking": ["train.canonical_window=0.1", "train.time_curriculum=0.5", "train.hold_unreached=true", "train.edge_share=0.5",
+                      "train.pace_tolerance=0"],
+    "paced": ["train.canonical_window=0.1", "train.time_curriculum=0.25", "train.hold_unreached=true", "train.edge_share=0.5",
+              "train.pace_tolerance=1.5", "train.slowest_curriculum=0.5"],
 }
 DEFAULT_SCHEDULES = ("all-times", "tracking")
 # --dry-run: sizes and settings small enough for a test on a CPU.

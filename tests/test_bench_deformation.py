@@ -30,7 +30,7 @@ def test_bench_deformation_dry_run_has_a_row_per_scene_and_type(tmp_path, capsys
         run = tmp_path / "runs" / f"{r['scene']}-{r['type']}-curriculum"
         assert (run / "metrics.json").exists()
         train = yaml.safe_load((run / "config.yaml").read_text())["train"]
-        assert (train["canonical_window"], train["time_curriculum"], train["hold_unreached"]) == (0.05, 0.25, True)
+        assert (train["canonical_window"], train["time_curriculum"], train["hold_unreached"], train["pace_tolerance"]) == (0.05, 0.25, True, 0)
     # the scenes were written once, monocular: one camera per training time
     for scene in ("windmill", "chain"):
         data = Path(record["data"][scene]["folder"])

@@ -20,7 +20,7 @@ from gen4d.data.dnerf import load_dnerf
 from gen4d.data.synthetic import write_synthetic_scene
 from gen4d.data.videos import read_video
 from gen4d.eval.metrics import psnr
-from gen4d.recipes.reconstruct import TrainingData, build_config, curriculum_width, run_reconstruct, time_window
+from gen4d.recipes.reconstruct import TrainingData, WindowPace, build_config, curriculum_width, run_reconstruct, time_window
 
 TINY = [
     "train.iterations=24", "train.static_fraction=0.25", "train.checkpoint_every=4", "train.preview_every=12",
@@ -97,6 +97,29 @@ def test_resume_after_interruption_gives_identical_parameters(scene_dir, tmp_pat
     assert "resuming at step 4" in log
 
 
+def test_window_pace_from_the_data_waits_for_the_edges_and_resumes_identically(tmp_path):
+    data = tmp_path / "mono"
+    write_synthetic_scene("bouncing_balls", data, resolution=16, train_times=16, test_views=2, seed=0, layout="monocular")
+    over = TINY + ["export.formats=[]", "train.iterations=40", "train.static_fraction=0.1", "train.canonical_window=0.2",
+                   "train.time_curriculum=0.25", "train.slowest_curriculum=0.8", "train.pace_tolerance=1.0", "train.edge_band=0.15"]
+    cfg = build_config("default", over, {"data": str(data)})
+    run_reconstruct(cfg, tmp_path / "straight", quiet=True)
+    assert run_reconstruct(cfg, tmp_path / "resumed", quiet=True, stop_after_step=16) == {}
+    state = json.loads((tmp_path / "resumed" / "stages" / "dynamic" / "state.json").read_text())
+    pace = state["extra"]
+    assert state["step"] == 12 and pace["edge_error"] > 0 and pace["inner_error"] > 0
+    # newly reached frames fit worse than those inside: the window waited, behind the fixed pace's width
+    assert pace["width"] < curriculum_width(12, 36, 0.2, 0.25) and pace["width"] >= curriculum_width(11, 36, 0.2, 0.8)
+    run_reconstruct(cfg, tmp_path / "resumed", quiet=True)
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the step that reached the whole clip is logged once, the same in both runs
+    reached = [[line.split(" ", 2)[2] for line in (tmp_path / run / "log.txt").read_text().splitlines() if "whole clip" in line]
+               for run in ("straight", "resumed")]
+    assert len(reached[0]) == 1 and reached[0] == reached[1]
+
+
 def test_sigkill_mid_stage_then_rerun_finishes_with_the_same_result(scene_dir, tmp_path):
     args = TINY + ["train.iterations=80", "train.checkpoint_every=2", "export.formats=[ply]"]
     cmd = [sys.executable, "-m", "gen4d.cli", "reconstruct", str(scene_dir), "--quiet"]
@@ -143,6 +166,44 @@ def test_time_window_and_curriculum_widths():
     # linear from the canonical window's width at step 0 to the whole clip at `share` of the stage, then constant
     assert [curriculum_width(s, 100, 0.2, 0.5) for s in (0, 25, 50, 80)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
     assert curriculum_width(0, 100, 0.2, 0.0) == 1.0
+
+
+def _pace_widths(pace: WindowPace, steps: int, edge_error) -> list[float]:
+    """Widths over ``steps`` steps, each step observing one image near the edge with error ``edge_error(step)`` and
+    one inside with error 1."""
+    widths = []
+    for step in range(steps):
+        widths.append(pace.at(step))
+        pace.observe(torch.tensor([edge_error(step), 1.0]), torch.tensor([True, False]))
+    return widths
+
+
+def test_window_pace_follows_the_fit_of_the_newly_reached_frames_between_two_paces():
+    fixed = [curriculum_width(s, 100, 0.2, 0.25) for s in range(100)]
+    slowest = [curriculum_width(s, 100, 0.2, 0.5) for s in range(100)]
+    assert _pace_widths(WindowPace(100, 0.2, 0.25), 100, lambda s: 9.0) == fixed  # no tolerance: the fixed pace
+    assert _pace_widths(WindowPace(100, 0.2, 0.25, 1.5, 0.5), 100, lambda s: 1.2) == pytest.approx(fixed)  # fitted
+    assert _pace_widths(WindowPace(100, 0.2, 0.25, 1.5, 0.5), 100, lambda s: 3.0) == pytest.approx(slowest)  # never fitted
+    # the edge fits badly between steps 10 and 30: the window waits there (its running mean falls back within the
+    # tolerance a few steps after the errors do), then goes on at the fixed pace's rate
+    widths = _pace_widths(WindowPace(100, 0.2, 0.25, 1.5, 0.5, momentum=0.5), 100, lambda s: 3.0 if 10 <= s < 30 else 1.0)
+    step = fixed[1] - fixed[0]
+    assert widths[:11] == pytest.approx(fixed[:11])
+    assert widths[11] == widths[10] and widths[30] == pytest.approx(max(widths[10], slowest[30]))
+    assert widths[40] - widths[35] == pytest.approx(5 * step) and widths[-1] == 1.0
+    assert all(b >= a for a, b in zip(widths, widths[1:])) and all(w >= s - 1e-12 for w, s in zip(widths, slowest))
+    # its state carries a run across a checkpoint: resumed at step 20, the widths are the uninterrupted run's
+    first = WindowPace(100, 0.2, 0.25, 1.5, 0.5)
+    errors = lambda s: 3.0 if s % 7 < 3 else 1.0  # noqa: E731
+    straight = _pace_widths(WindowPace(100, 0.2, 0.25, 1.5, 0.5), 60, errors)
+    head = _pace_widths(first, 20, errors)
+    second = WindowPace(100, 0.2, 0.25, 1.5, 0.5)
+    second.load(json.loads(json.dumps(first.state())))
+    tail = []
+    for s in range(20, 60):
+        tail.append(second.at(s))
+        second.observe(torch.tensor([errors(s), 1.0]), torch.tensor([True, False]))
+    assert head + tail == straight
 
 
 def test_sampler_keeps_to_the_time_window_and_is_unchanged_without_one(tmp_path):
