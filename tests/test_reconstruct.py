@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,16 @@ def test_edge_band_holds_the_times_last_reached_and_edge_share_draws_from_it(tmp
 
 
 # ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("option, pattern", [("train.slowest_curriculum=1.5", "slowest_curriculum must lie in"),
+                                             ("train.pace_tolerance=-1", "pace_tolerance must be 0")])
+def test_bad_schedule_options_one_line_exit_2_nothing_written(scene_dir, tmp_path, capsys, option, pattern):
+    out = tmp_path / "run"
+    assert main(["reconstruct", str(scene_dir), "--out", str(out), "--quiet", *TINY, option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(pattern, err) and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def _write_frames(root: Path, frames_train, size=(8, 8), sizes=None):
     root.mkdir(parents=True, exist_ok=True)
     (root / "train").mkdir(exist_ok=True)

@@ -325,9 +325,12 @@ def run_reconstruct(cfg: ReconstructConfig, out: str | Path, command: str = "gen
     if cfg.model.init_points < 1:
         raise Gen4DError(f"model.init_points must be at least 1, got {cfg.model.init_points}")
     t_cfg = cfg.train
-    if not 0.0 <= t_cfg.reference_time <= 1.0 or not 0.0 <= t_cfg.canonical_window <= 1.0 or not 0.0 <= t_cfg.time_curriculum <= 1.0:
-        raise Gen4DError("train.reference_time, train.canonical_window and train.time_curriculum must lie in [0, 1], got "
-                         f"{t_cfg.reference_time}, {t_cfg.canonical_window}, {t_cfg.time_curriculum}")
+    shares = (t_cfg.reference_time, t_cfg.canonical_window, t_cfg.time_curriculum, t_cfg.slowest_curriculum)
+    if not all(0.0 <= v <= 1.0 for v in shares):
+        raise Gen4DError("train.reference_time, train.canonical_window, train.time_curriculum and train.slowest_curriculum "
+                         f"must lie in [0, 1], got {', '.join(str(v) for v in shares)}")
+    if t_cfg.pace_tolerance < 0:
+        raise Gen4DError(f"train.pace_tolerance must be 0 (a fixed pace) or positive, got {t_cfg.pace_tolerance}")
     if cfg.deformation.type not in DEFORMATION_TYPES:
         raise Gen4DError(f"deformation.type must be one of {', '.join(DEFORMATION_TYPES)}, got {cfg.deformation.type!r}")
     random_bg = cfg.background == "random"
