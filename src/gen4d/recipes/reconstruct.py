@@ -287,9 +287,8 @@ class WindowPace:
         return self.width
 
     def observe(self, errors: torch.Tensor, near_edge: torch.Tensor) -> None:
-        """Fold one step's per-image errors in, split by whether each image lies near the window's edges."""
-        if self.tolerance <= 0:
-            return
+        """Fold one step's per-image errors in, split by whether each image lies near the window's edges (only a
+        pace with a tolerance reads them; the caller skips the errors' cost otherwise)."""
         for mask, name in ((near_edge, "edge_error"), (~near_edge, "inner_error")):
             if bool(mask.any()):
                 value, old = float(errors[mask].mean()), getattr(self, name)
