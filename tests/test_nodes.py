@@ -97,6 +97,35 @@ def test_a_new_field_of_each_type_is_the_identity(kind):
     assert (scene.frame_at(0.7).means - canonical.means).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["hexplane", "nodes", "bases"])
+def test_one_batched_field_evaluation_equals_one_per_time(kind):
+    # A render evaluates the field once for all its cameras' distinct times: the same moved Gaussians, and the
+    # same gradients, as evaluating it at each time on its own.
+    scene = Scene4D(_gaussians(120, dtype=torch.float64)).attach_deformation(_config(kind), seed=3).double()
+    _perturb(scene.deformation)
+    times = torch.tensor([0.2, 0.9, 0.55], dtype=torch.float64)
+    weights = [torch.randn(3, 120, *shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+               for i, shape in enumerate(((3,), (4,), (3,), ()))]
+
+    def loss_and_grads(parts):
+        loss = sum((w * x).sum() for w, x in zip(weights, parts))
+        params = [*scene.gaussians.params.values(), *scene.deformation.parameters()]
+        return loss, torch.autograd.grad(loss, params, allow_unused=True)
+
+    batched = scene._deformed(times)
+    frames = [scene.frame_at(float(t)) for t in times]
+    one_by_one = [torch.stack(parts) for parts in zip(*(f.tensors()[:4] for f in frames))]
+    for a, b in zip(batched, one_by_one):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(batched), loss_and_grads(one_by_one)
+    assert torch.allclose(loss_a, loss_b, atol=1e-10, rtol=0)
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            assert torch.allclose(ga, gb, atol=1e-10, rtol=1e-10)
+
+
 def test_nodes_start_on_gaussians_spread_out_and_count_is_capped():
     model = _gaussians(200)
     scene = Scene4D(model).attach_deformation(_config("nodes", count=16), seed=0)

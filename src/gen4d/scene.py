@@ -108,17 +108,37 @@ class Scene4D(nn.Module):
     # ------------------------------------------------------------------ evaluation
     def frame_at(self, t: float | Tensor | None) -> GaussianFrame:
         """The activated Gaussians at time ``t`` in [0, 1] (canonical if ``t`` is None or there is no field)."""
-        p = self.gaussians.params
         if t is None or self.deformation is None:
             return self.gaussians.frame()
-        d = self.deformation(p["means"], torch.as_tensor(t, dtype=p["means"].dtype, device=p["means"].device), quats=p["quats"])
-        opacity_logits = p["opacity_logits"] if d.d_opacity_logits is None else p["opacity_logits"] + d.d_opacity_logits
-        return GaussianFrame(
-            p["means"] + d.d_means,
-            p["quats"] + d.d_quats,
-            torch.exp(p["log_scales"] + d.d_log_scales),
-            torch.sigmoid(opacity_logits),
-            torch.cat([p["sh0"], p["shN"]], dim=1),
+        means = self.gaussians.params["means"]
+        t = torch.as_tensor(t, dtype=means.dtype, device=means.device).reshape(1)
+        means, quats, scales, opacities = (x[0] for x in self._deformed(t))
+        return GaussianFrame(means, quats, scales, opacities, self._sh())
+
+    def _sh(self) -> Tensor:
+        p = self.gaussians.params
+        return torch.cat([p["sh0"], p["shN"]], dim=1)
+
+    def _deformed(self, times: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Means, quats, scales and opacities ``[U, N, ...]`` of the Gaussians at each of the ``U`` times, from one
+        evaluation of the field for all of them (one batched lookup rather than one per time)."""
+        p = self.gaussians.params
+        n, u = p["means"].shape[0], times.numel()
+        times = times.to(dtype=p["means"].dtype, device=p["means"].device).reshape(u)
+
+        def tiled(x: Tensor) -> Tensor:
+            return x if u == 1 else x.repeat(u, *([1] * (x.dim() - 1)))
+
+        t = times if u == 1 else times.repeat_interleave(n)
+        d = self.deformation(tiled(p["means"]), t, quats=tiled(p["quats"]))
+        opacity_logits = tiled(p["opacity_logits"])
+        if d.d_opacity_logits is not None:
+            opacity_logits = opacity_logits + d.d_opacity_logits
+        return (
+            (tiled(p["means"]) + d.d_means).reshape(u, n, 3),
+            (tiled(p["quats"]) + d.d_quats).reshape(u, n, 4),
+            torch.exp(tiled(p["log_scales"]) + d.d_log_scales).reshape(u, n, 3),
+            torch.sigmoid(opacity_logits).reshape(u, n),
         )
 
     def render(
@@ -138,22 +158,22 @@ class Scene4D(nn.Module):
                 f.means, f.quats, f.scales, f.opacities, f.sh, cameras.viewmats, cameras.Ks, cameras.width,
                 cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
             )
-        frames, per_camera = self._frames_per_camera(cameras)
+        sh, per_camera = self._frames_per_camera(cameras)
         means, quats, scales, opacities = per_camera
         out = rasterize(
-            means, quats, scales, opacities, frames[0].sh, cameras.viewmats, cameras.Ks, cameras.width,
+            means, quats, scales, opacities, sh, cameras.viewmats, cameras.Ks, cameras.width,
             cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
         )
         out.meta["per_camera"] = per_camera  # the moved Gaussians, for a second render of the same cameras
         return out
 
     def _frames_per_camera(self, cameras: Cameras):
-        """The frames at the cameras' distinct times, and their means, quats, scales, opacities per camera."""
+        """The Gaussians' SH, and their means, quats, scales, opacities per camera (the field evaluated once for
+        all of the cameras' distinct times)."""
         times, inverse = torch.unique(cameras.times, return_inverse=True)
-        frames = [self.frame_at(t) for t in times]
         # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
         # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
-        return frames, [torch.stack(parts).index_select(0, inverse) for parts in zip(*(f.tensors()[:4] for f in frames))]
+        return self._sh(), [x.index_select(0, inverse) for x in self._deformed(times)]
 
     def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto",
                             per_camera: tuple[Tensor, ...] | None = None, geometry_grad: bool = True) -> Tensor:

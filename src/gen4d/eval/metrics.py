@@ -95,9 +95,12 @@ def ssim(
         # CPU than a 1-channel conv2d.
         return band_h.T @ (img @ band_w)
 
-    # One batched filtering pass for the five local moments.
-    stats = blur(torch.cat([x, y, x * x, y * y, x * y], dim=0))
-    mu_x, mu_y, e_xx, e_yy, e_xy = stats.chunk(5, dim=0)
+    if y.requires_grad or not x.requires_grad:  # one batched filtering pass for the five local moments
+        mu_x, mu_y, e_xx, e_yy, e_xy = blur(torch.cat([x, y, x * x, y * y, x * y], dim=0)).chunk(5, dim=0)
+    else:  # a loss against a fixed target: the target's two moments need no backward pass
+        mu_x, e_xx, e_xy = blur(torch.cat([x, x * x, x * y], dim=0)).chunk(3, dim=0)
+        with torch.no_grad():
+            mu_y, e_yy = blur(torch.cat([y, y * y], dim=0)).chunk(2, dim=0)
     var_x = e_xx - mu_x * mu_x
     var_y = e_yy - mu_y * mu_y
     cov_xy = e_xy - mu_x * mu_y
