@@ -1,4 +1,4 @@
-"""Seconds per training step of ``gen4d reconstruct`` in its dynamic stage, on a bench scene of
+"""Milliseconds per training step of ``gen4d reconstruct`` in its dynamic stage, on a bench scene of
 ``bench_deformation.py`` (written once into the same cache).
 
 Each setting runs the recipe in-process up to the checkpoint at ``--start`` (a step of the dynamic stage), then the
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      "ms_per_step": 1000 * seconds / args.steps, "num_gaussians": count})
         print(f"{name:100s} {rows[-1]['ms_per_step']:8.1f} ms/step  {count} Gaussians", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                                     "rows": rows}, indent=2) + "\n")
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    args.json.write_text(json.dumps({"machine": machine, "threads": args.threads, "rows": rows}, indent=2) + "\n")
     return rows
 
 

@@ -156,9 +156,9 @@ class ReconstructConfig:
 PRESETS: dict[str, list[str]] = {
     "default": [],
     # A CPU-friendly schedule: fewer steps, smaller field and point budget. The Gaussians are densified in the
-    # static stage only, so the dynamic stage's steps stay cheap (2-3.5k Gaussians on the bench scenes) and there
+    # static stage only, so the dynamic stage's steps stay cheap (1.3k-2.3k Gaussians on the bench scenes) and there
     # are more of them, and the time window widens over half the dynamic stage, so each newly reached frame gets
-    # the steps to be tracked (bench/RESULTS.md: +2 dB on the windmill, all four large-motion scenes within 300 s).
+    # the steps to be tracked (bench/RESULTS.md: +1.7 dB on the windmill, all four large-motion scenes within 300 s).
     "fast": [
         "train.iterations=5000", "train.time_curriculum=0.5", "train.densify_until=0",
         "train.checkpoint_every=250", "train.preview_every=500",
