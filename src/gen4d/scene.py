@@ -113,11 +113,7 @@ class Scene4D(nn.Module):
         means = self.gaussians.params["means"]
         t = torch.as_tensor(t, dtype=means.dtype, device=means.device).reshape(1)
         means, quats, scales, opacities = (x[0] for x in self._deformed(t))
-        return GaussianFrame(means, quats, scales, opacities, self._sh())
-
-    def _sh(self) -> Tensor:
-        p = self.gaussians.params
-        return torch.cat([p["sh0"], p["shN"]], dim=1)
+        return GaussianFrame(means, quats, scales, opacities, self.gaussians.sh())
 
     def _deformed(self, times: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Means, quats, scales and opacities ``[U, N, ...]`` of the Gaussians at each of the ``U`` times, from one
@@ -130,13 +126,14 @@ class Scene4D(nn.Module):
             return x if u == 1 else x.repeat(u, *([1] * (x.dim() - 1)))
 
         t = times if u == 1 else times.repeat_interleave(n)
-        d = self.deformation(tiled(p["means"]), t, quats=tiled(p["quats"]))
+        means, quats = tiled(p["means"]), tiled(p["quats"])
+        d = self.deformation(means, t, quats=quats)
         opacity_logits = tiled(p["opacity_logits"])
         if d.d_opacity_logits is not None:
             opacity_logits = opacity_logits + d.d_opacity_logits
         return (
-            (tiled(p["means"]) + d.d_means).reshape(u, n, 3),
-            (tiled(p["quats"]) + d.d_quats).reshape(u, n, 4),
+            (means + d.d_means).reshape(u, n, 3),
+            (quats + d.d_quats).reshape(u, n, 4),
             torch.exp(tiled(p["log_scales"]) + d.d_log_scales).reshape(u, n, 3),
             torch.sigmoid(opacity_logits).reshape(u, n),
         )
@@ -173,7 +170,7 @@ class Scene4D(nn.Module):
         times, inverse = torch.unique(cameras.times, return_inverse=True)
         # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
         # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
-        return self._sh(), [x.index_select(0, inverse) for x in self._deformed(times)]
+        return self.gaussians.sh(), [x.index_select(0, inverse) for x in self._deformed(times)]
 
     def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto",
                             per_camera: tuple[Tensor, ...] | None = None, geometry_grad: bool = True) -> Tensor:

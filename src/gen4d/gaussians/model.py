@@ -73,10 +73,8 @@ class GaussianModel(nn.Module):
     # ------------------------------------------------------------------ views
     def frame(self) -> GaussianFrame:
         p = self.params
-        return GaussianFrame(
-            p["means"],
-            p["quats"],
-            torch.exp(p["log_scales"]),
-            torch.sigmoid(p["opacity_logits"]),
-            torch.cat([p["sh0"], p["shN"]], dim=1),
-        )
+        return GaussianFrame(p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["opacity_logits"]), self.sh())
+
+    def sh(self) -> Tensor:
+        """All SH coefficients ``[N, K, 3]``: the DC term then the higher degrees."""
+        return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
