@@ -5,7 +5,7 @@ Each setting runs the recipe in-process up to the checkpoint at ``--start`` (a s
 run is resumed for ``--steps`` more steps, timed: what a user's run spends per step there, checkpoints, previews and
 densification included. The table gives the milliseconds per step and the Gaussian count at the end.
 
-    python bench/bench_train_step.py                                   # windmill, the fast preset now and before
+    python bench/bench_train_step.py                                   # windmill, the fast preset now and the 3,000-step one
     python bench/bench_train_step.py --scene walker --threads 1
 """
 
