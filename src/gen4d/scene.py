@@ -155,22 +155,22 @@ class Scene4D(nn.Module):
                 f.means, f.quats, f.scales, f.opacities, f.sh, cameras.viewmats, cameras.Ks, cameras.width,
                 cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
             )
-        sh, per_camera = self._frames_per_camera(cameras)
+        per_camera = self._per_camera(cameras)
         means, quats, scales, opacities = per_camera
         out = rasterize(
-            means, quats, scales, opacities, sh, cameras.viewmats, cameras.Ks, cameras.width,
+            means, quats, scales, opacities, self.gaussians.sh(), cameras.viewmats, cameras.Ks, cameras.width,
             cameras.height, sh_degree=sh_degree, backgrounds=background, antialiased=antialiased, backend=backend,
         )
         out.meta["per_camera"] = per_camera  # the moved Gaussians, for a second render of the same cameras
         return out
 
-    def _frames_per_camera(self, cameras: Cameras):
-        """The Gaussians' SH, and their means, quats, scales, opacities per camera (the field evaluated once for
-        all of the cameras' distinct times)."""
+    def _per_camera(self, cameras: Cameras) -> list[Tensor]:
+        """The moved Gaussians' means, quats, scales, opacities per camera (the field evaluated once for all of the
+        cameras' distinct times)."""
         times, inverse = torch.unique(cameras.times, return_inverse=True)
         # index_select, not advanced indexing: its backward (index_add) sums the gradients of cameras sharing a time
         # in a fixed order, where indexing's backward (an accumulating index_put) is nondeterministic on the CPU
-        return self.gaussians.sh(), [x.index_select(0, inverse) for x in self._deformed(times)]
+        return [x.index_select(0, inverse) for x in self._deformed(times)]
 
     def render_displacement(self, cameras: Cameras, antialiased: bool | None = None, backend: str = "auto",
                             per_camera: tuple[Tensor, ...] | None = None, geometry_grad: bool = True) -> Tensor:
@@ -183,7 +183,7 @@ class Scene4D(nn.Module):
             raise ValueError("a scene without a deformation field has no displacement to render")
         antialiased = self.antialiased if antialiased is None else antialiased
         if per_camera is None:
-            _, per_camera = self._frames_per_camera(cameras)
+            per_camera = self._per_camera(cameras)
         means, quats, scales, opacities = per_camera
         displacement = means - self.gaussians.params["means"][None]
         if not geometry_grad:
