@@ -185,3 +185,31 @@ def test_means2d_gradient_is_available_for_densification():
     visible = (out.meta["radii"] > 0).all(-1)
     assert float(g[~visible].abs().max()) == 0.0
     assert float(g[visible].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_antialiased_gaussian_seen_edge_on_keeps_gradients_finite(backend):
+    # A flat Gaussian (no extent along y) straight ahead of the camera has det(cov2d - eps2d I) = 0: its
+    # compensated opacity is 0, so it draws nothing, and the gradients must stay finite (the square root's derivative
+    # at 0 is unbounded; times the zero gradient of a Gaussian that draws nothing it was NaN). The other Gaussian's
+    # gradients are those of a render without the flat one.
+    W = H = 16
+    K = torch.tensor([[20.0, 0, 8.0], [0, 20.0, 8.0], [0, 0, 1]], dtype=torch.float64)[None]
+    viewmat = torch.eye(4, dtype=torch.float64)[None]
+    params = [
+        torch.tensor([[0.0, 0.0, 3.0], [0.1, 0.1, 4.0]], dtype=torch.float64),
+        torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, -0.2, 0.3]], dtype=torch.float64),
+        torch.tensor([[0.3, 0.0, 0.3], [0.3, 0.2, 0.25]], dtype=torch.float64),
+        torch.tensor([0.9, 0.8], dtype=torch.float64),
+        torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64),
+    ]
+    both = [p.clone().requires_grad_() for p in params]
+    alone = [p[1:].clone().requires_grad_() for p in params]
+    out = rasterize(*both, viewmat, K, W, H, antialiased=True, backend=backend)
+    ref = rasterize(*alone, viewmat, K, W, H, antialiased=True, backend=backend)
+    assert torch.allclose(out.rgb, ref.rgb, atol=1e-12) and float(ref.alpha.max()) > 0.5
+    grads = torch.autograd.grad(weighted_sum(out.rgb, out.alpha, out.depth * out.alpha), both)
+    ref_grads = torch.autograd.grad(weighted_sum(ref.rgb, ref.alpha, ref.depth * ref.alpha), alone)
+    for g, r in zip(grads, ref_grads):
+        assert bool(torch.isfinite(g).all())
+        assert torch.allclose(g[1:], r, rtol=1e-9, atol=1e-12)
