@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SETTINGS = {
     "fast": [],
-    "fast as it was before (3,000 steps, window over a quarter of the stage, densification through 60 % of it)": [
-        "train.iterations=3000", "train.static_fraction=0.15", "train.time_curriculum=0.25", "train.densify_until=0.6"],
+    "fast as it was before (3,000 steps, window over a quarter of the stage, densification through 60 % of it, D-SSIM)": [
+        "train.iterations=3000", "train.static_fraction=0.15", "train.time_curriculum=0.25", "train.densify_until=0.6",
+        "loss.ssim_weight=0.2"],
 }
 
 
