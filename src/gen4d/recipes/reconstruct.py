@@ -8,8 +8,8 @@ Stages (4D Gaussian Splatting, Wu et al. 2024):
      from a time window that widens to the whole clip over ``train.time_curriculum`` of the stage;
 then evaluation on the test split and the exports.
 Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0: L1 alone, as 4DGaussians), plus plane total variation, time smoothness and
-time-plane L1 on the field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended onto the Gaussians;
-its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms;
+time-plane L1 on the field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended
+onto the Gaussians; its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms;
 ``deformation.type=bases`` for a few scene-wide rigid motion bases blended per Gaussian (no field terms).
 """
 
@@ -64,7 +64,7 @@ class LossConfig:
     ssim_weight: float = 0.0
     """Weight w of D-SSIM in (1 - w) L1 + w D-SSIM. 0, L1 alone, as 4DGaussians' D-NeRF recipe (``lambda_dssim = 0``,
     arguments/__init__.py): against 3D Gaussian Splatting's 0.2 it measured the same on the large-motion bench scenes
-    (windmill +0.1 dB over four seeds, the others within -0.35 to +0.45 dB) and its runs take 24-32 % less time
+    (windmill +0.1 dB over four seeds, the others within -0.35 to +0.45 dB) and its runs took 13-39 % less time
     (bench/RESULTS.md)."""
     plane_tv_weight: float = 2e-4
     """Total variation of the spatial feature planes."""
