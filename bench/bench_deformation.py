@@ -45,9 +45,9 @@ DEFAULT_TYPES = ("hexplane", "nodes", "bases")
 # tracking); ``slow-tracking`` (the ``fast`` preset's): tracking with the window widening over half the stage;
 # ``paced``: tracking whose window waits while the newly reached frames fit worse than 1.5 times those inside it
 # (at least at the slow-tracking pace). The step count, the loss and the densification come from the preset
-# (``fast``: 8,000 steps of which 500 static, L1 alone, densification in the static stage only). The rows measured
-# before L1 alone: ``--extra loss.ssim_weight=0.2``; with the preset before that, ``--iters 5000 --extra
-# loss.ssim_weight=0.2 train.static_fraction=0.15``; before that, 3,000 steps and densification through 60 % of the
+# (``fast``: 10,000 steps of which 500 static, L1 alone, densification in the static stage only). The rows measured
+# with 8,000 steps: ``--iters 8000 --extra train.static_fraction=0.0625``, and before L1 alone ``loss.ssim_weight=0.2``
+# as well; with the preset before that, ``--iters 5000 --extra loss.ssim_weight=0.2 train.static_fraction=0.15``; before that, 3,000 steps and densification through 60 % of the
 # dynamic stage: ``--iters 3000 --extra loss.ssim_weight=0.2 train.static_fraction=0.15 train.densify_until=0.6``.
 SCHEDULES = {
     "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false", "train.edge_share=0.0",
