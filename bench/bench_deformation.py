@@ -47,8 +47,9 @@ DEFAULT_TYPES = ("hexplane", "nodes", "bases")
 # (at least at the slow-tracking pace). The step count, the loss and the densification come from the preset
 # (``fast``: 10,000 steps of which 500 static, L1 alone, densification in the static stage only). The rows measured
 # with 8,000 steps: ``--iters 8000 --extra train.static_fraction=0.0625``, and before L1 alone ``loss.ssim_weight=0.2``
-# as well; with the preset before that, ``--iters 5000 --extra loss.ssim_weight=0.2 train.static_fraction=0.15``; before that, 3,000 steps and densification through 60 % of the
-# dynamic stage: ``--iters 3000 --extra loss.ssim_weight=0.2 train.static_fraction=0.15 train.densify_until=0.6``.
+# as well; with the preset before that, ``--iters 5000 --extra loss.ssim_weight=0.2 train.static_fraction=0.15``;
+# before that, 3,000 steps and densification through 60 % of the dynamic stage: ``--iters 3000 --extra
+# loss.ssim_weight=0.2 train.static_fraction=0.15 train.densify_until=0.6``.
 SCHEDULES = {
     "all-times": ["train.canonical_window=1.0", "train.time_curriculum=0.0", "train.hold_unreached=false", "train.edge_share=0.0",
                   "train.pace_tolerance=0"],

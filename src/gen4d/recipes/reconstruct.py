@@ -9,8 +9,9 @@ Stages (4D Gaussian Splatting, Wu et al. 2024):
 then evaluation on the test split and the exports.
 Loss: ``(1 - w) L1 + w D-SSIM`` (w = 0: L1 alone, as 4DGaussians), plus plane total variation, time smoothness and
 time-plane L1 on the field. ``deformation.type=nodes`` swaps the HexPlane field for sparse control nodes blended
-onto the Gaussians; its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of the plane terms;
-``deformation.type=bases`` for a few scene-wide rigid motion bases blended per Gaussian (no field terms).
+onto the Gaussians; its loss has the nodes' as-rigid-as-possible term (``deformation.nodes.arap_weight``) instead of
+the plane terms; ``deformation.type=bases`` for a few scene-wide rigid motion bases blended per Gaussian (no field
+terms).
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ class Projected:
 
 
 class _Compensation(torch.autograd.Function):
-    """``sqrt(max(ratio, 0))`` whose derivative is ``0.5 / (sqrt + 1e-6)`` (gsplat's): a Gaussian seen edge-on has a
-    ratio near 0, where the exact derivative is unbounded, and an infinite gradient times the zero gradient of a
-    culled Gaussian's opacity is NaN."""
+    """Mip-Splatting's opacity compensation ``sqrt(max(ratio, 0))``, ``ratio = det(cov2d - eps2d I) / det(cov2d)``,
+    whose derivative is ``0.5 / (sqrt + 1e-6)`` (gsplat's): a Gaussian seen edge-on has a ratio near 0, where the
+    exact derivative is unbounded, and an infinite gradient times the zero gradient of a culled Gaussian's opacity
+    is NaN."""
 
     @staticmethod
     def forward(ctx, ratio: Tensor) -> Tensor:
@@ -63,11 +64,6 @@ class _Compensation(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         ratio, out = ctx.saved_tensors
         return torch.where(ratio > 0, grad * 0.5 / (out + 1e-6), torch.zeros_like(grad))
-
-
-def _compensation(ratio: Tensor) -> Tensor:
-    """Mip-Splatting's opacity compensation ``sqrt(det(cov2d - eps2d I) / det(cov2d))`` from the ratio of the two."""
-    return _Compensation.apply(ratio)
 
 
 def project_gaussians(
@@ -116,7 +112,7 @@ def project_gaussians(
     a, c = a + eps2d, c + eps2d
     det = a * c - b * b
     if antialiased:
-        compensation = _compensation(det_orig / det)
+        compensation = _Compensation.apply(det_orig / det)
     else:
         compensation = torch.ones_like(det)
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
