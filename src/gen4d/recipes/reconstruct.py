@@ -68,11 +68,14 @@ class LossConfig:
     (windmill +0.1 dB over four seeds, the others within -0.35 to +0.45 dB) and its runs took 13-39 % less time
     (bench/RESULTS.md)."""
     plane_tv_weight: float = 2e-4
-    """Total variation of the spatial feature planes."""
+    """Total variation of the spatial feature planes (4DGaussians' DyNeRF value, ``arguments/dynerf/default.py``; its
+    D-NeRF recipe has 1e-4)."""
     time_smoothness_weight: float = 1e-3
-    """Second-order smoothness of the time planes along t."""
+    """Second-order smoothness of the time planes along t (4DGaussians' DyNeRF value; its D-NeRF recipe has 1e-2,
+    ``arguments/dnerf/dnerf_default.py``: on the windmill bench scene the D-NeRF weights measured the same over four
+    seeds, bench/RESULTS.md)."""
     time_l1_weight: float = 1e-4
-    """Pull of the time planes towards 1 (no motion)."""
+    """Pull of the time planes towards 1 (no motion; 4DGaussians' ``l1_time_planes`` in both recipes)."""
 
 
 @dataclass
