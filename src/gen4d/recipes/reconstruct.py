@@ -166,7 +166,7 @@ PRESETS: dict[str, list[str]] = {
     # 500-step static stage only, so the dynamic stage keeps few of them (350-600 on the bench scenes: fewer
     # canonical Gaussians follow a turning rotor better) and its steps stay cheap, so there are 9,500 of them (the
     # time L1 alone saves), and the time window widens over half of it, so each newly reached frame gets the steps
-    # to be tracked (bench/RESULTS.md: the windmill 30.1 dB on average over four seeds, 29.8-30.5; 29.7 with
+    # to be tracked (bench/RESULTS.md: the windmill 30.0 dB on average over seven runs, 29.2-30.5; 29.7 with
     # 8,000 steps).
     "fast": [
         "train.iterations=10000", "train.static_fraction=0.05", "train.time_curriculum=0.5", "train.densify_until=0",

@@ -1,7 +1,10 @@
-"""CPU rasterization kernels compiled by numba: per-pixel intersection lists, forward and backward passes.
+"""CPU rasterization kernels compiled by numba: projection, per-pixel intersection lists, forward and backward passes.
 
-The same algorithm as ``cpu.py`` (and gsplat), written as loops that numba compiles:
+The same algorithm as ``projection.py`` and ``cpu.py`` (and gsplat), written as loops that numba compiles:
 
+0. ``project_forward`` / ``project_backward``: each Gaussian's 2D mean, conic, depth and (compensated) opacity in
+   every camera, and the chain rule back to its mean, quaternion, scale and opacity (one Gaussian per iteration of
+   the parallel loop, its cameras in order).
 1. ``bin_pairs``: each camera's Gaussians are visited front to back; every pixel of a Gaussian's footprint box
    where its alpha reaches 1/255 gets the Gaussian appended to its list (a two-pass counting sort, so each list
    is in depth order). Lists are stored CSR-style: ``offsets [C*H*W + 1]``, ``gauss [P]``.
@@ -12,8 +15,9 @@ The same algorithm as ``cpu.py`` (and gsplat), written as loops that numba compi
    ``alpha = min(0.999, o exp(-sigma))`` and ``sigma = 1/2 (a dx^2 + c dy^2) + b dx dy`` to the Gaussian's
    opacity, conic and 2D mean.
 
-Cameras run in parallel (``prange``); within a camera the loops are serial, so gradient sums are
-deterministic and free of races (every camera writes only its own ``[c]`` slice).
+Binning and compositing run cameras in parallel (``prange``); within a camera the loops are serial, so gradient
+sums are deterministic and free of races (every camera writes only its own ``[c]`` slice). The projection runs
+Gaussians in parallel, for the same reason.
 """
 
 from __future__ import annotations
@@ -163,3 +167,176 @@ def composite_backward(offsets, gauss, end, pair_T, means2d, conics, opacities, 
                     d_conics[c, g, 1] += d_sigma * dx * dy
                     d_conics[c, g, 2] += d_sigma * 0.5 * dy * dy
     return d_means2d, d_conics, d_opacities, d_feats
+
+
+# ------------------------------------------------------------------------------------------------- projection
+# The rules of ``projection.project_gaussians`` (its module docstring), one Gaussian and camera per iteration; the
+# backward pass is its chain rule written out. Inputs that all cameras share have a leading dimension of 1 and
+# their gradients are summed over the cameras (each iteration of the parallel loop owns one Gaussian, so the sums
+# are race-free and in a fixed order).
+
+
+@nb.njit(cache=True, inline="always")
+def _quat_rotmat(q0, q1, q2, q3, R):
+    """Unit wxyz quaternion (from any non-zero one, as ``cameras.quat_to_rotmat``); its rotation matrix into ``R``."""
+    norm = max(math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3), 1e-12)
+    w, x, y, z = q0 / norm, q1 / norm, q2 / norm, q3 / norm
+    R[0, 0], R[0, 1], R[0, 2] = 1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)
+    R[1, 0], R[1, 1], R[1, 2] = 2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)
+    R[2, 0], R[2, 1], R[2, 2] = 2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)
+    return norm, w, x, y, z
+
+
+@nb.njit(cache=True, inline="always")
+def _project_one(means, quats, scales, viewmats, Ks, c, n, width, height, near, far, p, T, R, M, A):
+    """One Gaussian in one camera: its camera-space point ``p``, ``T = J W`` (2 x 3), ``R = R_q``, ``M = R_q S`` and
+    ``A = J W R_q S`` into the given scratch arrays; returns the scalars the passes need."""
+    cm, cq, cs = min(c, means.shape[0] - 1), min(c, quats.shape[0] - 1), min(c, scales.shape[0] - 1)
+    for i in range(3):
+        p[i] = (viewmats[c, i, 0] * means[cm, n, 0] + viewmats[c, i, 1] * means[cm, n, 1]
+                + viewmats[c, i, 2] * means[cm, n, 2] + viewmats[c, i, 3])
+    in_depth = near < p[2] < far
+    zs = p[2] if in_depth else 1.0
+    fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
+    lim_xp, lim_xn = (width - cx) / fx + 0.3 * 0.5 * width / fx, cx / fx + 0.3 * 0.5 * width / fx
+    lim_yp, lim_yn = (height - cy) / fy + 0.3 * 0.5 * height / fy, cy / fy + 0.3 * 0.5 * height / fy
+    u, v = p[0] / zs, p[1] / zs
+    uc, vc = min(lim_xp, max(-lim_xn, u)), min(lim_yp, max(-lim_yn, v))
+    for i in range(3):
+        T[0, i] = fx / zs * (viewmats[c, 0, i] - uc * viewmats[c, 2, i])
+        T[1, i] = fy / zs * (viewmats[c, 1, i] - vc * viewmats[c, 2, i])
+    norm, w, x, y, z = _quat_rotmat(quats[cq, n, 0], quats[cq, n, 1], quats[cq, n, 2], quats[cq, n, 3], R)
+    for i in range(3):
+        for j in range(3):
+            M[i, j] = R[i, j] * scales[cs, n, j]
+    for r in range(2):
+        for j in range(3):
+            A[r, j] = T[r, 0] * M[0, j] + T[r, 1] * M[1, j] + T[r, 2] * M[2, j]
+    return in_depth, zs, u, v, uc, vc, lim_xp, lim_xn, lim_yp, lim_yn, norm, w, x, y, z
+
+
+@nb.njit(cache=True, parallel=True)
+def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, antialiased, threshold, max_sigmas):
+    C, N = viewmats.shape[0], max(means.shape[1], quats.shape[1])
+    dtype = means.dtype
+    means2d, conics = np.zeros((C, N, 2), dtype), np.zeros((C, N, 3), dtype)
+    depths, opac = np.zeros((C, N), dtype), np.zeros((C, N), dtype)
+    radii, valid = np.zeros((C, N, 2), np.int32), np.zeros((C, N), np.bool_)
+    scratch = np.empty((N, 4, 3, 3))  # per Gaussian: p, T, R, M, A (no allocation inside the loop)
+    for n in nb.prange(N):
+        p, T, R, M, A = scratch[n, 0, 0], scratch[n, 0, 1:], scratch[n, 1], scratch[n, 2], scratch[n, 3, :2]
+        for c in range(C):
+            in_depth, zs, u, v, uc, vc, lxp, lxn, lyp, lyn, norm, w, x, y, z = _project_one(
+                means, quats, scales, viewmats, Ks, c, n, width, height, near, far, p, T, R, M, A)
+            a0 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2]
+            b = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
+            c0 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2]
+            det_orig = a0 * c0 - b * b
+            a, cc = a0 + eps2d, c0 + eps2d
+            det = a * cc - b * b
+            comp = math.sqrt(max(det_orig / det, 0.0)) if antialiased else 1.0
+            mx, my = Ks[c, 0, 0] * u + Ks[c, 0, 2], Ks[c, 1, 1] * v + Ks[c, 1, 2]
+            means2d[c, n, 0], means2d[c, n, 1] = mx, my
+            conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = cc / det, -b / det, a / det
+            depths[c, n] = zs
+            o = opacities[min(c, opacities.shape[0] - 1), n] * comp
+            opac[c, n] = o
+            o = opac[c, n]  # the stored precision decides visibility, as in the PyTorch projection
+            if o > threshold and det > 0:
+                extent = min(math.sqrt(2.0 * math.log(max(o / threshold, 1.0))), max_sigmas)
+                rx, ry = math.ceil(extent * math.sqrt(a)), math.ceil(extent * math.sqrt(cc))
+                on_screen = (mx + rx > 0) and (mx - rx < width) and (my + ry > 0) and (my - ry < height)
+                if in_depth and on_screen and rx > 0 and ry > 0:
+                    valid[c, n] = True
+                    radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+    return means2d, conics, depths, opac, radii, valid
+
+
+@nb.njit(cache=True, parallel=True)
+def project_backward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, antialiased,
+                     g_means2d, g_conics, g_depths, g_opac):
+    C, N = viewmats.shape[0], max(means.shape[1], quats.shape[1])
+    gm, gq = np.zeros(means.shape, means.dtype), np.zeros(quats.shape, quats.dtype)
+    gs, go = np.zeros(scales.shape, scales.dtype), np.zeros(opacities.shape, opacities.dtype)
+    scratch = np.empty((N, 7, 3, 3))  # per Gaussian: p, T, R, M, A, and the gradients of A, T, R
+    for n in nb.prange(N):
+        p, T, R, M, A = scratch[n, 0, 0], scratch[n, 0, 1:], scratch[n, 1], scratch[n, 2], scratch[n, 3, :2]
+        gA, gT, gR = scratch[n, 4, :2], scratch[n, 5, :2], scratch[n, 6]
+        for c in range(C):
+            if (g_means2d[c, n, 0] == 0 and g_means2d[c, n, 1] == 0 and g_conics[c, n, 0] == 0 and g_conics[c, n, 1] == 0
+                    and g_conics[c, n, 2] == 0 and g_depths[c, n] == 0 and g_opac[c, n] == 0):
+                continue
+            in_depth, zs, u, v, uc, vc, lxp, lxn, lyp, lyn, norm, w, x, y, z = _project_one(
+                means, quats, scales, viewmats, Ks, c, n, width, height, near, far, p, T, R, M, A)
+            fx, fy = Ks[c, 0, 0], Ks[c, 1, 1]
+            a0 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2]
+            b = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
+            c0 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2]
+            det_orig = a0 * c0 - b * b
+            a, cc = a0 + eps2d, c0 + eps2d
+            det = a * cc - b * b
+            co = min(c, opacities.shape[0] - 1)
+            comp, g_ratio = 1.0, 0.0
+            if antialiased:
+                ratio = det_orig / det
+                comp = math.sqrt(max(ratio, 0.0))
+                if ratio > 0:  # the bounded derivative of projection._Compensation
+                    g_ratio = g_opac[c, n] * opacities[co, n] * 0.5 / (comp + 1e-6)
+            go[co, n] += g_opac[c, n] * comp
+            # conics (cc / det, -b / det, a / det) and the compensation's ratio det_orig / det
+            k0, k1, k2 = g_conics[c, n, 0], g_conics[c, n, 1], g_conics[c, n, 2]
+            g_det = -(k0 * cc - k1 * b + k2 * a) / (det * det) - g_ratio * det_orig / (det * det)
+            g_det_orig = g_ratio / det
+            g_a = k2 / det + g_det * cc + g_det_orig * c0
+            g_c = k0 / det + g_det * a + g_det_orig * a0
+            g_b = -k1 / det - 2.0 * b * (g_det + g_det_orig)
+            for j in range(3):
+                gA[0, j] = 2.0 * g_a * A[0, j] + g_b * A[1, j]
+                gA[1, j] = g_b * A[0, j] + 2.0 * g_c * A[1, j]
+            gT[:] = 0.0
+            cs = min(c, scales.shape[0] - 1)
+            for i in range(3):
+                for j in range(3):
+                    gM = T[0, i] * gA[0, j] + T[1, i] * gA[1, j]
+                    gT[0, i] += gA[0, j] * M[i, j]
+                    gT[1, i] += gA[1, j] * M[i, j]
+                    gs[cs, n, j] += gM * R[i, j]
+                    gR[i, j] = gM * scales[cs, n, j]
+            # rotation matrix -> unit quaternion -> the stored quaternion
+            gw = 2.0 * (-z * gR[0, 1] + y * gR[0, 2] + z * gR[1, 0] - x * gR[1, 2] - y * gR[2, 0] + x * gR[2, 1])
+            gx = 2.0 * (y * gR[0, 1] + z * gR[0, 2] + y * gR[1, 0] - 2.0 * x * gR[1, 1] - w * gR[1, 2]
+                        + z * gR[2, 0] + w * gR[2, 1] - 2.0 * x * gR[2, 2])
+            gy = 2.0 * (-2.0 * y * gR[0, 0] + x * gR[0, 1] + w * gR[0, 2] + x * gR[1, 0] + z * gR[1, 2]
+                        - w * gR[2, 0] + z * gR[2, 1] - 2.0 * y * gR[2, 2])
+            gz = 2.0 * (-2.0 * z * gR[0, 0] - w * gR[0, 1] + x * gR[0, 2] + w * gR[1, 0] - 2.0 * z * gR[1, 1]
+                        + y * gR[1, 2] + x * gR[2, 0] + y * gR[2, 1])
+            dot = w * gw + x * gx + y * gy + z * gz
+            cq = min(c, quats.shape[0] - 1)
+            gq[cq, n, 0] += (gw - w * dot) / norm
+            gq[cq, n, 1] += (gx - x * dot) / norm
+            gq[cq, n, 2] += (gy - y * dot) / norm
+            gq[cq, n, 3] += (gz - z * dot) / norm
+            # T rows: fx / zs * W0 - fx tx / zs^2 * W2 with tx = zs * uc (uc: u clamped), likewise for y
+            g_zs = g_depths[c, n]
+            g_u, g_v = 0.0, 0.0
+            for r in range(2):
+                f, cl = (fx, uc) if r == 0 else (fy, vc)
+                g_tz, g_t = 0.0, 0.0
+                for i in range(3):
+                    g_tz += gT[r, i] * (-f / (zs * zs) * viewmats[c, r, i] + 2.0 * f * cl / (zs * zs) * viewmats[c, 2, i])
+                    g_t += gT[r, i] * (-f / (zs * zs) * viewmats[c, 2, i])
+                g_zs += g_tz + g_t * cl
+                g_cl = g_t * zs
+                if r == 0 and -lxn < u < lxp:
+                    g_u += g_cl
+                elif r == 1 and -lyn < v < lyp:
+                    g_v += g_cl
+            g_u += g_means2d[c, n, 0] * fx
+            g_v += g_means2d[c, n, 1] * fy
+            g_p0, g_p1 = g_u / zs, g_v / zs
+            g_zs -= g_u * u / zs + g_v * v / zs
+            g_p2 = g_zs if in_depth else 0.0
+            cm = min(c, means.shape[0] - 1)
+            for k in range(3):
+                gm[cm, n, k] += viewmats[c, 0, k] * g_p0 + viewmats[c, 1, k] * g_p1 + viewmats[c, 2, k] * g_p2
+    return gm, gq, gs, go

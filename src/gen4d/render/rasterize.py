@@ -95,7 +95,10 @@ def rasterize(
         )
     elif backend in ("torch", "numba"):
         batched = means.dim() == 3
-        proj = project_gaussians(
+        project = project_gaussians
+        if backend == "numba" and not (viewmats.requires_grad or Ks.requires_grad):
+            from .numba_backend import project_gaussians_numba as project
+        proj = project(
             means if batched else means[None], quats, scales, opacities, viewmats, Ks, width, height,
             near_plane, far_plane, eps2d, antialiased,
         )
