@@ -215,6 +215,16 @@ def _project_one(means, quats, scales, viewmats, Ks, c, n, width, height, near, 
     return in_depth, zs, u, v, uc, vc, lim_xp, lim_xn, lim_yp, lim_yn, norm, w, x, y, z
 
 
+@nb.njit(cache=True, inline="always")
+def _cov2d(A, eps2d):
+    """``A A^T`` as (a0, b, c0) and its determinant, then with ``eps2d`` added to the diagonal (a, c) and its own."""
+    a0 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2]
+    b = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
+    c0 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2]
+    a, c = a0 + eps2d, c0 + eps2d
+    return a0, b, c0, a0 * c0 - b * b, a, c, a * c - b * b
+
+
 @nb.njit(cache=True, parallel=True)
 def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, antialiased, threshold, max_sigmas):
     C, N = viewmats.shape[0], max(means.shape[1], quats.shape[1])
@@ -228,12 +238,7 @@ def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height
         for c in range(C):
             in_depth, zs, u, v, uc, vc, lxp, lxn, lyp, lyn, norm, w, x, y, z = _project_one(
                 means, quats, scales, viewmats, Ks, c, n, width, height, near, far, p, T, R, M, A)
-            a0 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2]
-            b = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
-            c0 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2]
-            det_orig = a0 * c0 - b * b
-            a, cc = a0 + eps2d, c0 + eps2d
-            det = a * cc - b * b
+            a0, b, c0, det_orig, a, cc, det = _cov2d(A, eps2d)
             comp = math.sqrt(max(det_orig / det, 0.0)) if antialiased else 1.0
             mx, my = Ks[c, 0, 0] * u + Ks[c, 0, 2], Ks[c, 1, 1] * v + Ks[c, 1, 2]
             means2d[c, n, 0], means2d[c, n, 1] = mx, my
@@ -269,12 +274,7 @@ def project_backward(means, quats, scales, opacities, viewmats, Ks, width, heigh
             in_depth, zs, u, v, uc, vc, lxp, lxn, lyp, lyn, norm, w, x, y, z = _project_one(
                 means, quats, scales, viewmats, Ks, c, n, width, height, near, far, p, T, R, M, A)
             fx, fy = Ks[c, 0, 0], Ks[c, 1, 1]
-            a0 = A[0, 0] * A[0, 0] + A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2]
-            b = A[0, 0] * A[1, 0] + A[0, 1] * A[1, 1] + A[0, 2] * A[1, 2]
-            c0 = A[1, 0] * A[1, 0] + A[1, 1] * A[1, 1] + A[1, 2] * A[1, 2]
-            det_orig = a0 * c0 - b * b
-            a, cc = a0 + eps2d, c0 + eps2d
-            det = a * cc - b * b
+            a0, b, c0, det_orig, a, cc, det = _cov2d(A, eps2d)
             co = min(c, opacities.shape[0] - 1)
             comp, g_ratio = 1.0, 0.0
             if antialiased:
